@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -174,18 +175,20 @@ def shakespeare_path(data_dir):
     return dest
 
 
+# Cut points where no GPT-2 regex piece (letter/digit/punctuation runs, whitespace runs) can span, so the two
+# sides encode exactly as the whole would: a newline with printable ASCII on both sides, or else (CRLF text,
+# one huge line) the end of an ASCII letter followed by " " + letter. Char encoding is indifferent to cuts.
+_CUTS = (re.compile(rb"[\x21-\x7e]\n(?=[\x21-\x7e])"), re.compile(rb"[A-Za-z](?= [A-Za-z])"))
+
+
 def _safe_cut(buf, start):
-    """End index of the last '\\n' in buf[start:] with printable ASCII on both sides, or -1. No GPT-2 regex
-    piece (letters, digits, punctuation runs, whitespace runs) spans such a newline, so encoding the text on
-    either side separately gives the same tokens as encoding it whole."""
-    p = len(buf) - 2
-    while p >= max(start, 1):
-        p = buf.rfind(b"\n", max(start, 1), p + 1)
-        if p < 1:
-            return -1
-        if 0x21 <= buf[p - 1] <= 0x7E and 0x21 <= buf[p + 1] <= 0x7E:
-            return p + 1
-        p -= 1
+    """End index of the last safe cut point in buf[start:], or -1."""
+    for rx in _CUTS:
+        last = None
+        for last in rx.finditer(buf, start):
+            pass
+        if last:
+            return last.end()
     return -1
 
 
@@ -208,7 +211,7 @@ def doc_texts(name, blocks, chunk_bytes):
         buf += block
         if len(buf) < chunk_bytes:
             continue
-        cut = _safe_cut(buf, max(scanned - 1, 0))
+        cut = _safe_cut(buf, max(scanned - 2, 0))
         if cut < 0:
             scanned = len(buf)  # no cut point yet: keep reading, search only the new part next time
             continue
@@ -272,11 +275,13 @@ def tokenizer_from_meta(meta, gpt2_file=None):
         return encode, lambda ids: "".join(itos[i] for i in ids)
     if tok["type"] == "gpt2":
         path = gpt2_file or os.environ.get("GPT2_TIKTOKEN") or tok.get("rank_file")
-        enc, info = load_gpt2(path if path and os.path.isfile(path) else gpt2_file)
-        if tok.get("rank_sha256") and info["rank_sha256"] and info["rank_sha256"] != tok["rank_sha256"]:
-            raise DataError(f"rank file {info['rank_file']} (sha256 {info['rank_sha256'][:12]}) is not the one "
-                            f"this dataset was prepared with ({tok['rank_sha256'][:12]}); pass the right "
-                            f"--gpt2_file")
+        if tok.get("rank_file") and not os.path.isfile(path):
+            raise DataError(f"GPT-2 rank file {path} (used by prepare.py for this dataset) not found; pass "
+                            f"--gpt2_file=PATH or set GPT2_TIKTOKEN; {GPT2_HELP}")
+        enc, info = load_gpt2(path)
+        if tok.get("rank_sha256") and info["rank_sha256"] != tok["rank_sha256"]:
+            raise DataError(f"rank file {path} (sha256 {str(info['rank_sha256'])[:12]}) is not the one this "
+                            f"dataset was prepared with ({tok['rank_sha256'][:12]}); pass the right --gpt2_file")
         return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), (lambda ids: enc.decode(list(ids)))
     raise DataError(f"dataset has no text tokenizer ({tok['type']}); it cannot be encoded/decoded as text")
 

@@ -102,6 +102,8 @@ def test_chunking_invariance(tmp_path, tokenizer):
     make_docs(tmp_path / "corpus", n=30, seed=1)
     with open(tmp_path / "corpus" / "big.txt", "w") as f:  # one document much larger than the chunk
         f.write("".join(f"line {i} the thin  \n    indented re\n\n" for i in range(300)))
+    with open(tmp_path / "corpus" / "crlf.txt", "w", newline="") as f:  # no newline cut points: space rule
+        f.write("".join(f"Row {i} of the thin re  tab\t\r\n" for i in range(200)))
     rank = tmp_path / "ranks.tiktoken"
     write_rank_file(rank)
     hashes = []
@@ -113,6 +115,19 @@ def test_chunking_invariance(tmp_path, tokenizer):
         hashes.append({s: v["sha256"] for s, v in meta["splits"].items()})
         assert all(hashlib.sha256(open(d / f"{s}.bin", "rb").read()).hexdigest() == h for s, h in hashes[-1].items())
     assert hashes[0] == hashes[1] == hashes[2]
+
+
+def test_doc_texts_cuts_only_at_safe_points():
+    text = "".join(f"Row {i} of the  text\r\n" for i in range(300)).encode()
+    pieces = list(prepare.doc_texts("t", prepare._bytes_blocks(text), 64))
+    assert "".join(pieces).encode() == text and len(pieces) > 50
+    assert all(p[-1].isalpha() for p in pieces[:-1])  # CRLF text: cut before " " + letter only
+    text = b"ab\n  cd\nef\n\ngh\nij\n" * 40
+    pieces = list(prepare.doc_texts("t", prepare._bytes_blocks(text), 32))
+    assert "".join(pieces).encode() == text and len(pieces) > 5
+    assert all(p[-1] == "\n" and p[-2] in "dhj" for p in pieces[:-1])  # newline between printable chars
+    one = list(prepare.doc_texts("t", prepare._bytes_blocks(b"\n\n  \t" * 100), 16))
+    assert len(one) == 1  # no safe point at all: the document stays whole
 
 
 def test_gpt2_path_with_synthetic_rank_file(tmp_path):
