@@ -50,8 +50,8 @@ def in_val(key):  # the documented hash rule, restated independently
 
 
 def write_rank_file(path):
-    """A tiny synthetic tiktoken rank file: 256 single bytes + a few merges -> 263 tokens with EOT."""
-    merges = [b"th", b"he", b"the", b" t", b"in", b"  ", b"    ", b"re", b"\n\n"]
+    """A tiny synthetic tiktoken rank file: 256 single bytes + a few merges (some across whitespace, so a bad cut changes tokens) + EOT."""
+    merges = [b"th", b"he", b"the", b" t", b"in", b"  ", b"    ", b"re", b"\n\n", b" the", b" re", b"\r\n", b" \n", b"in "]
     toks = [bytes([i]) for i in range(256)] + merges
     with open(path, "wb") as f:
         for r, t in enumerate(toks):
