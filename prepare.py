@@ -60,20 +60,27 @@ class DataError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# documents: (key for the hash split, display name, function yielding (file offset, raw bytes) blocks)
+# documents: (key for the hash split, display name, blocks(size) -> iterator of raw byte blocks)
 
 def _file_blocks(path):
     def blocks(size):
         with open(path, "rb") as f:
-            off = 0
             while block := f.read(size):
-                yield off, block
-                off += len(block)
+                yield block
     return blocks
 
 
 def _bytes_blocks(data):
-    return lambda size: ((i, data[i:i + size]) for i in range(0, len(data), size))
+    return lambda size: (data[i:i + size] for i in range(0, len(data), size))
+
+
+def _jsonl_blocks(path, offset):
+    """Re-read one .jsonl line when needed, so a large .jsonl is never held in memory."""
+    def blocks(size):
+        with open(path, "rb") as f:
+            f.seek(offset)
+            yield from _bytes_blocks(json.loads(f.readline())["text"].encode("utf-8"))(size)
+    return blocks
 
 
 def stdlib_docs(max_bytes=STDLIB_MAX_BYTES):
@@ -101,7 +108,7 @@ def stdlib_docs(max_bytes=STDLIB_MAX_BYTES):
         raise DataError(f"no usable *.py files under the stdlib path {root}; pass --input=PATH instead")
     docs = [(rel, rel, _bytes_blocks(chosen[rel])) for rel in sorted(chosen)]
     manifest = "".join(f"{rel}\t{hashlib.sha256(chosen[rel]).hexdigest()}\n" for rel in sorted(chosen))
-    info = dict(kind="stdlib", root=root, max_bytes=max_bytes, files=len(docs), bytes=total,
+    info = dict(kind="stdlib", split_key="relative path", root=root, max_bytes=max_bytes, files=len(docs), bytes=total,
                 manifest_sha256=hashlib.sha256(manifest.encode()).hexdigest())
     return docs, info
 
@@ -127,28 +134,31 @@ def input_docs(path, exclude=()):
                 docs.append((rel, rel, _file_blocks(full)))
         docs.sort(key=lambda d: d[0])
         manifest = "".join(f"{d[0]}\t{os.path.getsize(os.path.join(path, d[0]))}\n" for d in docs)
-        info.update(kind="directory", files=len(docs))
+        info.update(kind="directory", split_key="relative path", files=len(docs))
     elif path.endswith(".jsonl"):
-        docs, skipped = [], 0
+        docs, skipped, offset = [], 0, 0
         with open(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
+                offset, start = offset + len(line), offset
                 if not line.strip():
                     continue
                 try:
                     text = json.loads(line)["text"]
-                    assert isinstance(text, str)
+                    text.encode("utf-8")  # str check; also rejects unpaired surrogates such as "\ud800"
                 except Exception:
-                    raise DataError(f"{path} line {lineno}: not a JSON object with a string field \"text\"; "
-                                    f"fix or remove that line") from None
+                    raise DataError(f"{path} line {lineno}: not a JSON object with a valid string field \"text\";"
+                                    f" fix or remove that line") from None
                 if not text:
                     skipped += 1
                     continue
-                docs.append((text, f"{path} line {lineno}", _bytes_blocks(text.encode("utf-8"))))
-        manifest = "".join(hashlib.sha256(d[0].encode()).hexdigest() + "\n" for d in docs)
-        info.update(kind="jsonl", docs=len(docs), skipped_empty_docs=skipped)
+                key = hashlib.sha256(text.encode("utf-8")).hexdigest()  # equal texts: same split
+                docs.append((key, f"{path} line {lineno}", _jsonl_blocks(path, start)))
+        manifest = "".join(d[0] + "\n" for d in docs)
+        info.update(kind="jsonl", split_key="sha256 of the text", docs=len(docs), skipped_empty_docs=skipped)
     else:
         docs = [(os.path.basename(path), path, _file_blocks(path))]
         manifest = f"{os.path.basename(path)}\t{os.path.getsize(path)}\n"
+        info["split_key"] = "file name"
     info["manifest_sha256"] = hashlib.sha256(manifest.encode()).hexdigest()
     return docs, info
 
@@ -207,7 +217,7 @@ def _decode(name, data, base):
 def doc_texts(name, blocks, chunk_bytes):
     """Yield a document's text in pieces of about chunk_bytes, cut only at _safe_cut points."""
     buf, base, scanned = bytearray(), 0, 0
-    for _, block in blocks(chunk_bytes):
+    for block in blocks(chunk_bytes):
         buf += block
         if len(buf) < chunk_bytes:
             continue
@@ -306,6 +316,8 @@ def prepare(docs, source_info, out_dir, dataset, tokenizer="char", split="auto",
             gpt2_file=None, command=None):
     """Two passes over docs: (1) validate, count characters, collect the char set; (2) encode and write.
     Writes into a temp dir under out_dir and moves the files into out_dir/dataset only when all succeeded."""
+    if not dataset or dataset.startswith(".") or "/" in dataset or os.sep in dataset:
+        raise DataError(f"--dataset={dataset!r} must be a plain directory name such as my_corpus_char")
     if tokenizer not in ("char", "gpt2"):
         raise DataError(f"unknown --tokenizer={tokenizer}; use char or gpt2")
     if split not in ("auto", "hash", "tail"):
@@ -380,7 +392,8 @@ def prepare(docs, source_info, out_dir, dataset, tokenizer="char", split="auto",
             if sink.tokens == 0:
                 raise DataError(f"the {s} split is empty (corpus of {total} characters); use more data")
             splits[s] = dict(file=f"{s}.bin", tokens=sink.tokens, sha256=sink.sha.hexdigest(), docs=sink.docs)
-        rule = (dict(kind="hash", val_permille=VAL_PERMILLE, key="sha256(document key)[:8] % 1000 < val_permille")
+        rule = (dict(kind="hash", val_permille=VAL_PERMILLE, key=source_info.get("split_key", "document key"),
+                     rule="val iff int(sha256(key)[:8], 16) % 1000 < val_permille")
                 if split == "hash" else dict(kind="tail", train_fraction=TAIL_TRAIN_FRACTION,
                                              rule="train = text[:int(n_chars * 0.9)], val = the rest"))
         meta = dict(format="uint16-bins-v1", dataset=dataset, dtype="uint16", vocab_size=vocab_size,
@@ -476,8 +489,9 @@ def load_meta(data_dir, verify=None):
     raw = open(path, "rb").read()
     try:
         meta = json.loads(raw)
-    except ValueError:
-        raise DataError(f"{path} is not valid JSON; re-run prepare.py") from None
+        assert all(isinstance(s["tokens"], int) and "file" in s for s in meta["splits"].values())
+    except Exception:
+        raise DataError(f"{path} is not a valid prepare.py meta.json; re-run prepare.py") from None
     for split, s in meta["splits"].items():
         for fkey, hkey in (("file", "sha256"), ("labels_file", "labels_sha256")):
             if fkey not in s:

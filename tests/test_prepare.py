@@ -202,13 +202,13 @@ def test_tail_split_across_documents(tmp_path):
 
 
 def test_jsonl_input(tmp_path):
-    rows = [{"text": f"document {i}\nwith text {i * i}"} for i in range(40)] + [{"text": ""}]
+    rows = [{"text": f"document {i}\nwith text {i * i} na\u00efve \u2603"} for i in range(40)] + [{"text": ""}]
     with open(tmp_path / "d.jsonl", "w") as f:
         f.write("\n".join(json.dumps(r) for r in rows) + "\n")
     assert prepare.main([f"--input={tmp_path / 'd.jsonl'}", f"--data_dir={tmp_path / 'data'}"]) == 0
     meta = prepare.load_meta(tmp_path / "data" / "d_char")
     texts = [r["text"] for r in rows if r["text"]]
-    val = [t for t in texts if in_val(t)]  # key = the document text
+    val = [t for t in texts if in_val(hashlib.sha256(t.encode()).hexdigest())]  # key = sha256 of the text
     assert decode_split(tmp_path / "data" / "d_char", "val")[0] == prepare.SEPARATOR.join(val)
     assert meta["source"]["docs"] == 40 and meta["source"]["skipped_empty_docs"] == 1
 
@@ -244,6 +244,7 @@ def _bad_cases(tmp_path):
     chars = [chr(c) for c in range(0x100, 0x100 + 66000 + 2048) if not 0xD800 <= c < 0xE000][:65600]
     (tmp_path / "wide.txt").write_text("".join(chars), encoding="utf-8")
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"txt": "b"}\n')
+    (tmp_path / "sur.jsonl").write_text('{"text": "a\\ud800"}\n')
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "a.txt").write_text("only one side\n")
     (tmp_path / "one" / "b.txt").write_text("only one side too\n")
@@ -254,7 +255,9 @@ def _bad_cases(tmp_path):
         "zero-byte in dir": (["--input=zerodir"], "--exclude='z.txt'"),
         "binary in dir": (["--input=bindir"], "b.bin looks binary (NUL byte at offset 2)"),
         "vocab > 65535": (["--input=wide.txt"], "65600 distinct characters"),
-        "bad jsonl": (["--input=bad.jsonl"], "line 2"),
+        "bad jsonl": (["--input=bad.jsonl"], "bad.jsonl line 2: not a JSON object"),
+        "surrogate jsonl": (["--input=sur.jsonl"], "sur.jsonl line 1: not a JSON object"),
+        "bad dataset name": (["--input=zero.txt", "--dataset=../x"], "plain directory name"),
         "one-sided hash split": (["--input=one", "--split=hash"], "--split=tail"),
         "missing input": (["--input=nothere"], "does not exist"),
     }
