@@ -245,6 +245,7 @@ def _bad_cases(tmp_path):
     (tmp_path / "wide.txt").write_text("".join(chars), encoding="utf-8")
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"txt": "b"}\n')
     (tmp_path / "sur.jsonl").write_text('{"text": "a\\ud800"}\n')
+    (tmp_path / "tiny.txt").write_text("x")
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "a.txt").write_text("only one side\n")
     (tmp_path / "one" / "b.txt").write_text("only one side too\n")
@@ -260,6 +261,7 @@ def _bad_cases(tmp_path):
         "bad dataset name": (["--input=zero.txt", "--dataset=../x"], "plain directory name"),
         "one-sided hash split": (["--input=one", "--split=hash"], "--split=tail"),
         "missing input": (["--input=nothere"], "does not exist"),
+        "empty train split": (["--input=tiny.txt"], "the train split is empty"),  # fails after the temp dir exists
     }
 
 
@@ -374,7 +376,11 @@ def test_records_roundtrip(tmp_path):
     with pytest.raises(DataError, match="val_labels.bin does not match"):
         prepare.load_meta(d)
     with pytest.raises(DataError, match="token ids must be in"):
-        prepare.write_records(tmp_path / "data", "bad", {"train": (np.full((2, 3), V), np.zeros((2, 3)))}, V)
+        prepare.write_records(tmp_path / "data", "bad", {"train": (np.full((2, 3), V), np.zeros((2, 3), int))}, V)
+    with pytest.raises(DataError, match="integer arrays"):
+        prepare.write_records(tmp_path / "data", "bad", {"train": (np.zeros((2, 3)), np.zeros((2, 3)))}, V)
+    with pytest.raises(DataError, match="overwrite"):
+        prepare.write_records(tmp_path / "data", "bad", splits, V, extra_meta={"splits": 1})
     with pytest.raises(DataError, match="65535"):
         prepare.write_records(tmp_path / "data", "bad", splits, 70000)
     assert not (tmp_path / "data" / "bad").exists()
