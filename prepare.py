@@ -17,11 +17,10 @@ partial files. Every problem with the input raises DataError (one message: the p
 prints it as `error: ...` and exits 2. Other scripts catch DataError the same way.
 
 Splits: --split=hash puts each whole document in val when sha256(key) falls in the first VAL_PERMILLE/1000
-(key = relative path, or the text for .jsonl), so adding a file never moves another one. --split=tail is nanoGPT's
-rule: the first 90% of the characters are train (a document may be cut in two). auto = tail for a single
-document, hash otherwise. Large inputs stream in --chunk_bytes pieces cut only at a newline with printable ASCII
-on both sides: there neither BPE pre-tokenisation nor char encoding can differ, so the bins do not depend on
-the chunk size (tested).
+(key = relative path; sha256 of the text for .jsonl, so duplicates share a split), so adding a document never
+moves another one. --split=tail is nanoGPT's rule: the first 90% of the characters are train (a document may
+be cut in two). auto = tail for a single document, hash otherwise. Large inputs stream in --chunk_bytes pieces
+cut only where no GPT-2 pre-tokeniser piece can span (see _CUTS), so the bins do not depend on the chunk size.
 """
 import argparse
 import fnmatch
@@ -116,7 +115,7 @@ def stdlib_docs(max_bytes=STDLIB_MAX_BYTES):
 
 def input_docs(path, exclude=()):
     """--input: a file (one document), a directory (every non-hidden file, recursively, sorted, one document
-    each; --exclude=GLOB,... drops relative paths), or a .jsonl file (one document per line, field "text")."""
+    each; --exclude=GLOB,... drops files whose relative or given path matches), or a .jsonl file (one document per line, field "text")."""
     if not os.path.exists(path):
         raise DataError(f"--input={path} does not exist; pass an existing file or directory")
     info = dict(kind="input", path=os.path.abspath(path))
@@ -127,12 +126,12 @@ def input_docs(path, exclude=()):
             for fn in sorted(fns):
                 full = os.path.join(dp, fn)
                 rel = os.path.relpath(full, path).replace(os.sep, "/")
-                if fn.startswith(".") or any(fnmatch.fnmatch(rel, g) for g in exclude):
+                if fn.startswith(".") or any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(full, g) for g in exclude):
                     continue
                 if os.path.getsize(full) == 0:
                     raise DataError(f"{full} is an empty (0-byte) file in the input directory; delete it or "
                                     f"exclude it with --exclude='{rel}'")
-                docs.append((rel, rel, _file_blocks(full)))
+                docs.append((rel, full, _file_blocks(full)))
         docs.sort(key=lambda d: d[0])
         manifest = "".join(f"{d[0]}\t{os.path.getsize(os.path.join(path, d[0]))}\n" for d in docs)
         info.update(kind="directory", split_key="relative path", files=len(docs))
@@ -206,13 +205,14 @@ def _safe_cut(buf, start):
 def _decode(name, data, base):
     nul = data.find(b"\0")
     if nul >= 0:
-        raise DataError(f"{name} looks binary (NUL byte at offset {base + nul}); remove it from the input or "
-                        f"exclude it with --exclude=GLOB")
+        raise DataError(f"{name} looks binary (NUL byte at offset {base + nul}); remove it, or in a directory "
+                        f"input skip it with --exclude='{name}'")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{name} is not valid UTF-8 at byte offset {base + e.start} (byte 0x{data[e.start]:02x});"
-                        f" convert it (e.g. iconv -f latin1 -t utf-8) or exclude it with --exclude=GLOB") from None
+        raise DataError(f"{name} is not valid UTF-8 at byte offset {base + e.start} (byte 0x{data[e.start]:02x}); "
+                        f"convert it (iconv -f latin1 -t utf-8) or, in a directory input, skip it with "
+                        f"--exclude='{name}'") from None
 
 
 def doc_texts(name, blocks, chunk_bytes):

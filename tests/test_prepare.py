@@ -252,9 +252,9 @@ def _bad_cases(tmp_path):
     return {
         "empty dir": (["--input=empty"], "empty corpus"),
         "empty file": (["--input=zero.txt"], "empty corpus"),
-        "non-utf8": (["--input=nonutf8"], "bad.txt is not valid UTF-8 at byte offset 11"),
+        "non-utf8": (["--input=nonutf8"], "nonutf8/bad.txt is not valid UTF-8 at byte offset 11 (byte 0xff)"),
         "zero-byte in dir": (["--input=zerodir"], "--exclude='z.txt'"),
-        "binary in dir": (["--input=bindir"], "b.bin looks binary (NUL byte at offset 2)"),
+        "binary in dir": (["--input=bindir"], "bindir/b.bin looks binary (NUL byte at offset 2)"),
         "vocab > 65535": (["--input=wide.txt"], "65600 distinct characters"),
         "bad jsonl": (["--input=bad.jsonl"], "bad.jsonl line 2: not a JSON object"),
         "surrogate jsonl": (["--input=sur.jsonl"], "sur.jsonl line 1: not a JSON object"),
@@ -273,6 +273,15 @@ def test_bad_inputs_fail_cleanly(tmp_path):
         assert r.stderr.startswith("error: ") and needle in r.stderr, (case, r.stderr)
         assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr, case
         assert files_under(tmp_path / "data") == [], case
+
+
+def test_exclude_skips_named_files(tmp_path):
+    _bad_cases(tmp_path)
+    r = run_cli(tmp_path, "--input=nonutf8", "--split=tail")
+    assert r.returncode == 2 and "--exclude='nonutf8/bad.txt'" in r.stderr
+    assert run_cli(tmp_path, "--input=nonutf8", "--split=tail", "--exclude=nonutf8/bad.txt").returncode == 0
+    assert run_cli(tmp_path, "--input=bindir", "--split=tail", "--exclude=*.bin,z*").returncode == 0
+    assert decode_split(tmp_path / "data" / "bindir_char", "train")[0] == "fine text\n"[:9]
 
 
 def test_failed_run_keeps_previous_dataset(tmp_path):
