@@ -421,8 +421,9 @@ def _install(tmp, out_dir, dataset, meta):
 
 def write_records(data_dir, dataset, splits, vocab_size, itos=None, extra_meta=None):
     """Fixed-length record datasets (puzzles), written to data_dir/dataset (data_dir = the root, e.g. 'data').
-    splits: {name: (inputs [N,L] ints, labels [N,L] ints, -1 = unscored)}. Writes {name}.bin (inputs, flat uint16), {name}_labels.bin (uint16, 65535 = unscored) and
-    meta.json with records={length: L}, atomically like prepare()."""
+    splits: {name: (inputs [N,L] ints, labels [N,L] ints, -1 = unscored)}. Writes {name}.bin (inputs, flat
+    uint16), {name}_labels.bin (uint16, 65535 = unscored) and meta.json with records={length: L}, atomically
+    like prepare(). extra_meta keys are added to meta.json (they may not overwrite prepare.py's own keys)."""
     if not 0 < vocab_size <= 65535:
         raise DataError(f"vocab_size {vocab_size} must be in 1..65535 (65535 is the label ignore value)")
     if itos is not None and len(itos) != vocab_size:
