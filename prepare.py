@@ -115,7 +115,8 @@ def stdlib_docs(max_bytes=STDLIB_MAX_BYTES):
 
 def input_docs(path, exclude=()):
     """--input: a file (one document), a directory (every non-hidden file, recursively, sorted, one document
-    each; --exclude=GLOB,... drops files whose relative or given path matches), or a .jsonl file (one document per line, field "text")."""
+    each; --exclude=GLOB,... drops files whose relative or given path matches), or a .jsonl file (one
+    document per line, field "text")."""
     if not os.path.exists(path):
         raise DataError(f"--input={path} does not exist; pass an existing file or directory")
     info = dict(kind="input", path=os.path.abspath(path))
@@ -459,7 +460,7 @@ def write_records(data_dir, dataset, splits, vocab_size, itos=None, extra_meta=N
                     python=sys.version.split()[0], command=shlex.join(sys.argv))
         clash = set(meta) & set(extra_meta or {})
         if clash:
-            raise DataError(f"extra_meta keys {sorted(clash)} would overwrite prepare.py's own meta fields; rename them")
+            raise DataError(f"extra_meta keys {sorted(clash)} would overwrite prepare.py's meta fields; rename them")
         meta.update(extra_meta or {})
         _install(tmp, data_dir, dataset, meta)
         return meta

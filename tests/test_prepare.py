@@ -50,8 +50,9 @@ def in_val(key):  # the documented hash rule, restated independently
 
 
 def write_rank_file(path):
-    """A tiny synthetic tiktoken rank file: 256 single bytes + a few merges (some across whitespace, so a bad cut changes tokens) + EOT."""
-    merges = [b"th", b"he", b"the", b" t", b"in", b"  ", b"    ", b"re", b"\n\n", b" the", b" re", b"\r\n", b" \n", b"in "]
+    """A tiny synthetic tiktoken rank file: 256 single bytes + a few merges + EOT. Some merges span
+    whitespace (" the", "\\r\\n"), so a chunk cut in the wrong place changes the tokens."""
+    merges = [b"th", b"he", b"the", b" t", b"in", b"  ", b"    ", b"re", b"\n\n", b" the", b" re", b"\r\n", b" \n"]
     toks = [bytes([i]) for i in range(256)] + merges
     with open(path, "wb") as f:
         for r, t in enumerate(toks):
@@ -324,7 +325,7 @@ def test_loader_errors(small):
 
 
 def test_block_size_larger_than_split(small):
-    with pytest.raises(DataError, match=r"block_size 64 is larger than the val split \(50 tokens\); lower --block_size"):
+    with pytest.raises(DataError, match=r"block_size 64 is larger than the val split \(50 tokens\); lower --block"):
         prepare.eval_offsets(0, 8, 50, 64)
     with pytest.raises(DataError, match="larger than the train split"):
         prepare.window_offsets(0, 0, 0, 8, 50, 50)
@@ -335,7 +336,8 @@ def test_sampler_is_pure_and_windows_are_shifted(small):
     data = prepare.open_split(small, "train", meta)
     n_tok, bs = len(data), 16
     a = prepare.window_offsets(1337, 5, 0, 12, n_tok, bs)
-    assert a.dtype == torch.int64 and a.shape == (12,) and torch.equal(a, prepare.window_offsets(1337, 5, 0, 12, n_tok, bs))
+    assert a.dtype == torch.int64 and a.shape == (12,)
+    assert torch.equal(a, prepare.window_offsets(1337, 5, 0, 12, n_tok, bs))
     for other in ((1337, 6, 0), (1337, 5, 1), (1338, 5, 0)):
         assert not torch.equal(a, prepare.window_offsets(*other, 12, n_tok, bs))
     many = prepare.window_offsets(0, 0, 0, 5000, n_tok, bs)
@@ -348,7 +350,8 @@ def test_sampler_is_pure_and_windows_are_shifted(small):
 
 def test_eval_offsets_fixed_and_tiling():
     e = prepare.eval_offsets(7, 20, 10_000, 32)
-    assert torch.equal(e, prepare.eval_offsets(7, 20, 10_000, 32)) and not torch.equal(e, prepare.eval_offsets(8, 20, 10_000, 32))
+    assert torch.equal(e, prepare.eval_offsets(7, 20, 10_000, 32))
+    assert not torch.equal(e, prepare.eval_offsets(8, 20, 10_000, 32))
     assert e.max() <= 10_000 - 33
     t = prepare.eval_offsets(7, 20, 200, 32)  # only 6 non-overlapping windows fit: all of them
     assert t.tolist() == [0, 32, 64, 96, 128, 160] and 160 + 33 <= 200
