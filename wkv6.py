@@ -138,7 +138,7 @@ _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 # no torch headers; tests/test_wkv6.py checks that). It passes PyTorch's current stream down.
 _BINDING_CPP = r"""
 #include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 extern "C" int wkv6_fwd(int dtype, int N, long long B, long long T, long long H,
     const void* r, const void* k, const void* v, const float* w, const float* u, const float* s0,
@@ -155,12 +155,12 @@ static void check(const at::Tensor& t, const char* name) {
 std::vector<at::Tensor> fwd(int64_t dtype, at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                             at::Tensor u, at::Tensor s0) {
   check(r, "r"); check(k, "k"); check(v, "v"); check(w, "w"); check(u, "u"); check(s0, "s0");
-  const at::cuda::CUDAGuard guard(r.device());
+  const c10::cuda::CUDAGuard guard(r.device());
   auto y = at::empty_like(r);
   auto sT = at::empty_like(s0);
   int code = wkv6_fwd((int)dtype, (int)r.size(3), r.size(0), r.size(1), r.size(2),
       r.data_ptr(), k.data_ptr(), v.data_ptr(), w.data_ptr<float>(), u.data_ptr<float>(),
-      s0.data_ptr<float>(), y.data_ptr(), sT.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream());
+      s0.data_ptr<float>(), y.data_ptr(), sT.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(code == 0, "wkv6 CUDA forward failed: ", wkv6_error_string(code));
   return {y, sT};
 }
@@ -168,7 +168,7 @@ std::vector<at::Tensor> bwd(int64_t dtype, at::Tensor r, at::Tensor k, at::Tenso
                             at::Tensor u, at::Tensor s0, at::Tensor sT, at::Tensor gy, at::Tensor gsT) {
   check(r, "r"); check(k, "k"); check(v, "v"); check(w, "w"); check(u, "u"); check(s0, "s0");
   check(sT, "sT"); check(gy, "gy"); check(gsT, "gsT");
-  const at::cuda::CUDAGuard guard(r.device());
+  const c10::cuda::CUDAGuard guard(r.device());
   auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(r);
   auto gw = at::empty_like(w), gs0 = at::empty_like(s0);
   auto gu_part = at::empty({r.size(0), r.size(2), r.size(3)}, w.options());
@@ -176,7 +176,7 @@ std::vector<at::Tensor> bwd(int64_t dtype, at::Tensor r, at::Tensor k, at::Tenso
       r.data_ptr(), k.data_ptr(), v.data_ptr(), w.data_ptr<float>(), u.data_ptr<float>(),
       s0.data_ptr<float>(), sT.data_ptr<float>(), gy.data_ptr(), gsT.data_ptr<float>(),
       gr.data_ptr(), gk.data_ptr(), gv.data_ptr(), gw.data_ptr<float>(), gu_part.data_ptr<float>(),
-      gs0.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream());
+      gs0.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(code == 0, "wkv6 CUDA backward failed: ", wkv6_error_string(code));
   return {gr, gk, gv, gw, gu_part.sum(0), gs0};
 }
