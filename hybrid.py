@@ -1,0 +1,572 @@
+"""RWKV-6 (Finch) ∥ Mamba-2 hybrids: every fusion variant and the single-branch baselines, one readable file.
+
+Block (pre-norm, parallel, symmetric: neither branch carries its own residual):
+    h = RMSNorm(x);  x = x + drop(fuse(RWKV(h), Mamba(h)));  x = x + drop(FFN(RMSNorm(x)))
+Model: x = ln0(emb(idx)) -> blocks -> ln_out -> head. As in RWKV-LM: tiny embedding init (U(±1e-4)) followed by a
+norm (ln0), untied head (orthogonal, gain 0.5·sqrt(V/C) if V > C else 0.5).
+
+RWKV branch = RWKV-LM x060 time-mix (notes/rwkv6-wkv6.md §5): token shift, 5-way ddlerp LoRA (order w,k,v,r,g),
+data-dependent decay LoRA, bonus u, per-head GroupNorm, SiLU gate; the WKV itself is wkv6.py's operator, called with
+the log-decay w = -exp(time_decay + lora) (fp32). Mamba branch = mamba2.Mamba2Mixer (our module, mamba-ssm 2.3 init).
+FFN = RWKV channel-mix (default), or a GELU / SwiGLU MLP.
+
+Fusions (a = RWKV output, m = Mamba output, both [B,T,d]):
+    HY    g_r ⊙ rms(a) + g_m ⊙ rms(m)       non-affine RMSNorm per branch, per-channel gains init gate_init, 1-gate_init
+    GF    g a + (1-g) m, g = σ(W[a;m] + b)  one scalar gate per token, W = 0, b = logit(gate_init), gate_init 0.5
+    GF-MH GF with gate_init 0.3 (Mamba-heavy start);  GF-RH  GF with gate_init 0.7 (RWKV-heavy start)
+    CP    W[a;m]                             Linear 2d->d, no bias, W = [½I, ½I]
+    WS    α a + (1-α) m, α = σ(θ)            one scalar per layer, θ = logit(gate_init) = 0
+    RF    a + W_m m                          Linear d->d, no bias, W_m = ½I
+    HGF   g ⊙ a + (1-g) ⊙ m, g = σ(W[a;m]+b) per-channel gate Linear 2d->d, W = 0, b = logit(gate_init)
+    RWKV / MAMBA  the single branch alone, its width matched to the hybrid's mixer parameters (see _branch_widths)
+ablate(branch) zeroes that branch's output before fusion, no renormalisation: HY -> the other gain·rms term; GF/HGF
+-> (1-g)·m or g·a with g computed from the zeroed input; CP -> ½ of the other; WS -> α a or (1-α) m; RF -> W_m m
+(RWKV ablated) or a (Mamba ablated); single-branch -> the block is FFN only.
+
+State (forward(state=, return_state=True), init_state, step, introspect): a list with one dict per layer:
+    wkv [B,H,N,N] fp32, tm_shift [B,C] (RWKV branch);  ssm [B,Hm,P,Nstate] fp32, conv [B,di+2N,d_conv-1] (Mamba);
+    cm_shift [B,C] (channel-mix FFN only). Its size does not depend on T.
+"""
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mamba2 import Mamba2Mixer, describe_backend, resolve_backend
+from model import COMMON_CONFIG, RMSNorm, make_adamw, sample_next
+from wkv6 import wkv6  # re-exported: hybrid.wkv6 is the operator the time-mix calls
+
+HYBRID_CONFIG = dict(
+    fusion="GF-MH",       # HY | GF | GF-MH | GF-RH | CP | WS | RF | HGF | RWKV | MAMBA
+    gate_init=None,       # None -> the variant's default (GF/HGF/WS/HY 0.5, GF-MH 0.3, GF-RH 0.7); gated variants only
+    rwkv_head_size=64,    # N; RWKV heads = rwkv_dim_att / N
+    rwkv_dim_att=0,       # RWKV width; 0 -> n_embd (hybrids) or matched to the hybrid's parameters (fusion=RWKV)
+    rwkv_mix_lora=32,     # ddlerp LoRA rank (RWKV-LM D_MIX_LORA)
+    rwkv_decay_lora=64,   # decay LoRA rank (RWKV-LM D_DECAY_LORA)
+    d_state=64,           # Mamba SSM state size N
+    mamba_expand=2,       # Mamba d_inner = mamba_expand * n_embd ...
+    mamba_d_inner=0,      # ... unless set; 0 -> as above (hybrids) or matched to the hybrid's parameters (fusion=MAMBA)
+    mamba_headdim=64,     # P; Mamba heads = d_inner / P
+    d_conv=4,             # Mamba depthwise causal conv width
+    ssd_chunk=64,         # chunk length of the SSD scan (built-in and mamba-ssm)
+    ffn="cmix",           # cmix (RWKV channel-mix, relu^2) | gelu | swiglu
+    ffn_mult=3.5,         # FFN hidden width = int(ffn_mult * n_embd) // 32 * 32
+    rwkv_lr_mult=1.0,     # lr multiplier for every parameter of the RWKV time-mix branch
+    mamba_lr_mult=1.0,    # lr multiplier for every parameter of the Mamba branch
+    wkv_backend="auto",   # passed to wkv6(): auto | cuda | triton | torch (see wkv6.py)
+    mamba_backend="auto", # auto (mamba-ssm on CUDA when importable) | mamba_ssm | torch (built-in SSD)
+)
+
+FUSIONS = ("HY", "GF", "GF-MH", "GF-RH", "CP", "WS", "RF", "HGF", "RWKV", "MAMBA")
+GATE_DEFAULTS = {"HY": 0.5, "GF": 0.5, "GF-MH": 0.3, "GF-RH": 0.7, "WS": 0.5, "HGF": 0.5}
+NORM_EPS = 1e-5
+
+
+def _up(t):
+    """At least fp32 (fp64 stays fp64, so the float64 reference runs of the whole model stay exact)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _no_wd(*params):
+    """Mark parameters that AdamW must not decay (read by configure_optimizers; mamba-ssm uses the same flag)."""
+    for p in params:
+        p._no_weight_decay = True
+
+
+# ------------------------------------------------------------------------------------------- RWKV-6 time-mix
+
+class RWKVTimeMix(nn.Module):
+    """RWKV-LM RWKV_Tmix_x060, with state in/out. C = n_embd, A = dim_att = H * N."""
+
+    def __init__(self, C, A, head_size, layer_id, n_layer, mix_lora=32, decay_lora=64, backend="auto"):
+        super().__init__()
+        if A % head_size:
+            raise ValueError(f"RWKV width {A} is not a multiple of rwkv_head_size={head_size}; "
+                             f"change rwkv_dim_att, n_embd or rwkv_head_size")
+        self.C, self.A, self.N, self.H, self.backend = C, A, head_size, A // head_size, backend
+        self.mix_lora = mix_lora
+        # RWKV-LM divides by n_layer - 1; with one layer that layer is the first, so ratio_0_to_1 = 0
+        r01 = layer_id / (n_layer - 1) if n_layer > 1 else 0.0
+        r1a0 = 1.0 - layer_id / n_layer
+        with torch.no_grad():
+            ddd = torch.arange(C, dtype=torch.float32) / C
+            self.time_maa_x = nn.Parameter(1.0 - ddd.pow(r1a0))
+            self.time_maa_w = nn.Parameter(1.0 - ddd.pow(r1a0))
+            self.time_maa_k = nn.Parameter(1.0 - ddd.pow(r1a0))
+            self.time_maa_v = nn.Parameter(1.0 - (ddd.pow(r1a0) + 0.3 * r01))
+            self.time_maa_r = nn.Parameter(1.0 - ddd.pow(0.5 * r1a0))
+            self.time_maa_g = nn.Parameter(1.0 - ddd.pow(0.5 * r1a0))
+            self.time_maa_w1 = nn.Parameter(torch.zeros(C, 5 * mix_lora))
+            self.time_maa_w2 = nn.Parameter(torch.empty(5, mix_lora, C).uniform_(-0.01, 0.01))
+            n = torch.arange(A, dtype=torch.float32) / max(A - 1, 1)
+            self.time_decay = nn.Parameter(-6.0 + 5.0 * n.pow(0.7 + 1.3 * r01))      # raw w in [-6, -1]
+            self.time_decay_w1 = nn.Parameter(torch.zeros(C, decay_lora))
+            self.time_decay_w2 = nn.Parameter(torch.empty(decay_lora, A).uniform_(-0.01, 0.01))
+            zigzag = ((torch.arange(A) + 1) % 3 - 1).float() * 0.1
+            self.time_faaaa = nn.Parameter((r01 * (1.0 - n) + zigzag).view(self.H, head_size))
+        _no_wd(self.time_maa_x, self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r,
+               self.time_maa_g, self.time_maa_w1, self.time_maa_w2, self.time_decay, self.time_decay_w1,
+               self.time_decay_w2, self.time_faaaa)
+        self.receptance = nn.Linear(C, A, bias=False)
+        self.key = nn.Linear(C, A, bias=False)
+        self.value = nn.Linear(C, A, bias=False)
+        self.gate = nn.Linear(C, A, bias=False)
+        self.output = nn.Linear(A, C, bias=False)
+        # GroupNorm eps = 1e-5 * head_size_divisor^2 with RWKV-LM's head_size_divisor = 8
+        self.ln_x = nn.GroupNorm(self.H, A, eps=64e-5)
+        with torch.no_grad():  # RWKV.generate_init_weight (RWKV-LM HEAD)
+            nn.init.orthogonal_(self.receptance.weight, gain=1.0)
+            nn.init.orthogonal_(self.key.weight, gain=0.1)
+            nn.init.orthogonal_(self.value.weight, gain=1.0)
+            nn.init.orthogonal_(self.gate.weight, gain=0.1)
+            nn.init.zeros_(self.output.weight)
+            self.ln_x.weight.fill_(((1 + layer_id) / n_layer) ** 0.7)
+        _no_wd(self.ln_x.weight, self.ln_x.bias)
+
+    @staticmethod
+    def count_params(C, A, mix_lora=32, decay_lora=64):
+        return 6 * C + 10 * mix_lora * C + A + decay_lora * (C + A) + A + 5 * C * A + 2 * A
+
+    def init_state(self, batch_size, device):
+        return {"wkv": torch.zeros(batch_size, self.H, self.N, self.N, device=device),
+                "tm_shift": torch.zeros(batch_size, self.C, device=device)}
+
+    def forward(self, x, state=None):
+        B, T, C = x.shape
+        H, N = self.H, self.N
+        prev = state["tm_shift"].to(x.dtype)[:, None] if state is not None else x.new_zeros(B, 1, C)
+        xx = torch.cat([prev, x[:, :-1]], dim=1) - x                      # x_{t-1} - x_t
+        xxx = torch.tanh((x + xx * self.time_maa_x) @ self.time_maa_w1)
+        xxx = torch.bmm(xxx.view(B * T, 5, self.mix_lora).transpose(0, 1), self.time_maa_w2)
+        mw, mk, mv, mr, mg = xxx.view(5, B, T, C).unbind(0)
+        xw = x + xx * (self.time_maa_w + mw)
+        xk = x + xx * (self.time_maa_k + mk)
+        xv = x + xx * (self.time_maa_v + mv)
+        xr = x + xx * (self.time_maa_r + mr)
+        xg = x + xx * (self.time_maa_g + mg)
+        r = self.receptance(xr).view(B, T, H, N)
+        k = self.key(xk).view(B, T, H, N)
+        v = self.value(xv).view(B, T, H, N)
+        g = F.silu(self.gate(xg))
+        w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        logw = -torch.exp(_up(w)).view(B, T, H, N)                      # log-decay <= 0 (fp32), what wkv6 takes
+        s0 = state["wkv"] if state is not None else None
+        if T == 1:  # recurrent step for generation, O(1): read the old state + bonus, then decay and add k v^T
+            dt = torch.promote_types(r.dtype, torch.float32)
+            r1, k1, v1 = r[:, 0].to(dt), k[:, 0].to(dt), v[:, 0].to(dt)
+            s0 = s0.to(dt) if s0 is not None else r1.new_zeros(B, H, N, N)
+            kv = k1[..., :, None] * v1[..., None, :]
+            y = torch.einsum("bhj,bhji->bhi", r1, s0 + self.time_faaaa.to(dt)[None, :, :, None] * kv)[:, None]
+            s1 = torch.exp(logw[:, 0].to(dt))[..., None] * s0 + kv
+        else:
+            y, s1 = wkv6(r, k, v, logw, self.time_faaaa, state=s0, backend=self.backend)
+        y = self.ln_x(y.reshape(B * T, self.A).to(g.dtype)).view(B, T, self.A)
+        return self.output(y * g), {"wkv": s1, "tm_shift": x[:, -1]}
+
+
+# ---------------------------------------------------------------------------------------------------- FFNs
+
+class ChannelMix(nn.Module):
+    """RWKV-LM RWKV_CMix_x060: token-shifted relu^2 MLP with a sigmoid receptance gate."""
+
+    def __init__(self, C, hidden, layer_id, n_layer):
+        super().__init__()
+        r1a0 = 1.0 - layer_id / n_layer
+        with torch.no_grad():
+            ddd = torch.arange(C, dtype=torch.float32) / C
+            self.time_maa_k = nn.Parameter(1.0 - ddd.pow(r1a0))
+            self.time_maa_r = nn.Parameter(1.0 - ddd.pow(r1a0))
+        _no_wd(self.time_maa_k, self.time_maa_r)
+        self.key = nn.Linear(C, hidden, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(hidden, C, bias=False)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.key.weight, gain=1.0)
+            nn.init.zeros_(self.receptance.weight)
+            nn.init.zeros_(self.value.weight)
+
+    def forward(self, x, state=None):
+        prev = state["cm_shift"].to(x.dtype)[:, None] if state is not None else x.new_zeros(x.size(0), 1, x.size(2))
+        xx = torch.cat([prev, x[:, :-1]], dim=1) - x
+        k = torch.relu(self.key(x + xx * self.time_maa_k)) ** 2
+        out = torch.sigmoid(self.receptance(x + xx * self.time_maa_r)) * self.value(k)
+        return out, {"cm_shift": x[:, -1]}
+
+
+class MLP(nn.Module):
+    """GELU or SwiGLU MLP (no token shift, no state). Init in RWKV-LM's spirit: orthogonal in, zero out."""
+
+    def __init__(self, C, hidden, kind):
+        super().__init__()
+        self.kind = kind
+        self.fc = nn.Linear(C, hidden * (2 if kind == "swiglu" else 1), bias=False)
+        self.proj = nn.Linear(hidden, C, bias=False)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.fc.weight, gain=1.0)
+            nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x, state=None):
+        h = self.fc(x)
+        if self.kind == "gelu":
+            h = F.gelu(h)
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        return self.proj(h), {}
+
+
+# -------------------------------------------------------------------------------------------------- fusion
+
+def _logit(p):
+    return math.log(p / (1.0 - p))
+
+
+class Fusion(nn.Module):
+    """fuse(a, m) for one variant (table in the module docstring). Every parameter here is exempt from weight
+    decay: gates/gains/α are mixing coefficients, and CP/RF's matrices start at a structured ½I that decay would
+    pull toward 0 (i.e. toward switching the branches off) rather than toward a prior."""
+
+    def __init__(self, kind, d, gate_init):
+        super().__init__()
+        self.kind = kind
+        if kind == "HY":
+            self.rwkv_gain = nn.Parameter(torch.full((d,), gate_init))
+            self.mamba_gain = nn.Parameter(torch.full((d,), 1.0 - gate_init))
+        elif kind in ("GF", "GF-MH", "GF-RH", "HGF"):
+            self.gate = nn.Linear(2 * d, 1 if kind != "HGF" else d, bias=True)
+            with torch.no_grad():
+                self.gate.weight.zero_()
+                self.gate.bias.fill_(_logit(gate_init))
+        elif kind == "CP":
+            self.proj = nn.Linear(2 * d, d, bias=False)
+            with torch.no_grad():
+                eye = torch.eye(d)
+                self.proj.weight.copy_(torch.cat([0.5 * eye, 0.5 * eye], dim=1))
+        elif kind == "WS":
+            self.theta = nn.Parameter(torch.full((1,), _logit(gate_init)))
+        elif kind == "RF":
+            self.proj_m = nn.Linear(d, d, bias=False)
+            with torch.no_grad():
+                self.proj_m.weight.copy_(0.5 * torch.eye(d))
+        _no_wd(*self.parameters())
+
+    @staticmethod
+    def count_params(kind, d):
+        return {"HY": 2 * d, "GF": 2 * d + 1, "GF-MH": 2 * d + 1, "GF-RH": 2 * d + 1, "HGF": 2 * d * d + d,
+                "CP": 2 * d * d, "WS": 1, "RF": d * d, "RWKV": 0, "MAMBA": 0}[kind]
+
+    def forward(self, a, m, collect=None):
+        k = self.kind
+        if k == "RWKV":
+            return a
+        if k == "MAMBA":
+            return m
+        if k == "HY":
+            return (self.rwkv_gain * F.rms_norm(a, (a.size(-1),), None, NORM_EPS)
+                    + self.mamba_gain * F.rms_norm(m, (m.size(-1),), None, NORM_EPS))
+        if k in ("GF", "GF-MH", "GF-RH", "HGF"):
+            g = torch.sigmoid(self.gate(torch.cat([a, m], dim=-1)))
+            if collect is not None:
+                collect["gate"] = g.squeeze(-1) if k != "HGF" else g
+            return g * a + (1 - g) * m
+        if k == "CP":
+            return self.proj(torch.cat([a, m], dim=-1))
+        if k == "WS":
+            alpha = torch.sigmoid(self.theta)
+            if collect is not None:
+                collect["gate"] = alpha
+            return alpha * a + (1 - alpha) * m
+        return a + self.proj_m(m)  # RF
+
+
+# --------------------------------------------------------------------------------------------------- block
+
+class Block(nn.Module):
+    def __init__(self, a, layer_id, dim_att, d_inner):
+        super().__init__()
+        C, L, kind = a["n_embd"], a["n_layer"], a["fusion"]
+        self.norm1 = RMSNorm(C, eps=NORM_EPS)
+        self.rwkv = (RWKVTimeMix(C, dim_att, a["rwkv_head_size"], layer_id, L, a["rwkv_mix_lora"],
+                                 a["rwkv_decay_lora"], a["wkv_backend"]) if kind != "MAMBA" else None)
+        self.mamba = (Mamba2Mixer(C, d_inner, a["d_state"], a["d_conv"], a["mamba_headdim"], a["ssd_chunk"],
+                                  a["mamba_backend"]) if kind != "RWKV" else None)
+        gate_init = a["gate_init"] if a["gate_init"] is not None else GATE_DEFAULTS.get(kind)
+        self.fusion = Fusion(kind, C, gate_init)
+        self.norm2 = RMSNorm(C, eps=NORM_EPS)
+        hidden = int(a["ffn_mult"] * C) // 32 * 32
+        self.ffn = ChannelMix(C, hidden, layer_id, L) if a["ffn"] == "cmix" else MLP(C, hidden, a["ffn"])
+        self.drop = nn.Dropout(a["dropout"])
+        self.ablated = None  # 'rwkv' | 'mamba' | None, set by Hybrid.ablate()
+
+    def forward(self, x, state=None, collect=None):
+        h = self.norm1(x)
+        new = {}
+        a = m = None
+        if self.rwkv is not None:
+            a, st = self.rwkv(h, state)
+            new.update(st)
+            if self.ablated == "rwkv":
+                a = torch.zeros_like(a)
+        if self.mamba is not None:
+            m, st = self.mamba(h, state)
+            new.update(st)
+            if self.ablated == "mamba":
+                m = torch.zeros_like(m)
+        if collect is not None:
+            for name, out in (("rwkv_rms", a), ("mamba_rms", m)):
+                if out is not None:
+                    collect[name] = out.float().pow(2).mean(-1).sqrt()   # [B,T] per-token RMS of the branch output
+        x = x + self.drop(self.fusion(a, m, collect))
+        f, st = self.ffn(self.norm2(x), state)
+        new.update(st)
+        return x + self.drop(f), new
+
+
+# --------------------------------------------------------------------------------------------------- model
+
+def _branch_widths(a):
+    """(RWKV dim_att, Mamba d_inner). Hybrids: n_embd and mamba_expand*n_embd unless set. A single-branch baseline
+    with its width left at 0 gets the width (a multiple of its head size) whose mixer parameter count is closest to
+    the hybrid's whole mixer (RWKV + Mamba + a GF gate) at the same n_embd, so every model of a preset family has
+    ~the same parameters per layer while depth, n_embd and FFN stay identical."""
+    C = a["n_embd"]
+    dim_att = a["rwkv_dim_att"] or C
+    d_inner = a["mamba_d_inner"] or a["mamba_expand"] * C
+    if a["fusion"] in ("RWKV", "MAMBA"):
+        tm = lambda A: RWKVTimeMix.count_params(C, A, a["rwkv_mix_lora"], a["rwkv_decay_lora"])  # noqa: E731
+        mb = lambda D: Mamba2Mixer.count_params(C, D, a["d_state"], a["d_conv"], a["mamba_headdim"])  # noqa: E731
+        target = tm(C) + mb(a["mamba_expand"] * C) + Fusion.count_params("GF", C)
+        if a["fusion"] == "RWKV" and not a["rwkv_dim_att"]:
+            hs = a["rwkv_head_size"]
+            dim_att = min((hs * i for i in range(1, 65)), key=lambda A: abs(tm(A) - target))
+        if a["fusion"] == "MAMBA" and not a["mamba_d_inner"]:
+            ph = a["mamba_headdim"]
+            d_inner = min((ph * i for i in range(1, 129)), key=lambda D: abs(mb(D) - target))
+    return dim_att, d_inner
+
+
+def _check_args(a):
+    if a["fusion"] not in FUSIONS:
+        raise ValueError(f"fusion={a['fusion']!r} is not a variant; use one of {', '.join(FUSIONS)}")
+    if a["gate_init"] is not None:
+        if a["fusion"] not in GATE_DEFAULTS:
+            raise ValueError(f"gate_init={a['gate_init']} has no meaning for fusion={a['fusion']}; "
+                             f"leave gate_init=None (it applies to {', '.join(GATE_DEFAULTS)})")
+        if not 0.0 < a["gate_init"] < 1.0:
+            raise ValueError(f"gate_init={a['gate_init']} must lie strictly between 0 and 1")
+    if a["ffn"] not in ("cmix", "gelu", "swiglu"):
+        raise ValueError(f"ffn={a['ffn']!r}: use cmix, gelu or swiglu")
+    for key in ("n_layer", "n_embd", "vocab_size", "rwkv_head_size", "d_state", "mamba_headdim", "ssd_chunk"):
+        if int(a[key]) < 1:
+            raise ValueError(f"{key}={a[key]} must be a positive integer")
+
+
+class Hybrid(nn.Module):
+    def __init__(self, model_args):
+        super().__init__()
+        a = {**COMMON_CONFIG, **HYBRID_CONFIG, **model_args}
+        a["model_type"] = "hybrid"
+        self.model_args = {k: a[k] for k in ("model_type", "vocab_size", "block_size", *COMMON_CONFIG,
+                                             *HYBRID_CONFIG)}
+        _check_args(a)
+        self.a = a
+        C, V = a["n_embd"], a["vocab_size"]
+        self.dim_att, self.d_inner = _branch_widths(a)
+        self.emb = nn.Embedding(V, C)
+        self.ln0 = RMSNorm(C, eps=NORM_EPS)
+        self.blocks = nn.ModuleList([Block(a, i, self.dim_att, self.d_inner) for i in range(a["n_layer"])])
+        self.ln_out = RMSNorm(C, eps=NORM_EPS)
+        self.head = nn.Linear(C, V, bias=False)
+        with torch.no_grad():  # RWKV-LM generate_init_weight: small embedding (+ ln0), orthogonal head
+            nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
+            nn.init.orthogonal_(self.head.weight, gain=0.5 * math.sqrt(V / C) if V > C else 0.5)
+
+    # ---- protocol
+    def forward(self, idx, targets=None, *, state=None, return_state=False, _collect=None):
+        B, T = idx.shape
+        if state is not None:
+            if len(state) != len(self.blocks):
+                raise ValueError(f"state has {len(state)} layers but the model has {len(self.blocks)}; "
+                                 f"pass the state returned by this model (or model.init_state(B, device))")
+            sb = next(iter(state[0].values())).size(0) if state[0] else B
+            if sb != B:
+                raise ValueError(f"state batch {sb} != input batch {B}; use init_state({B}, device)")
+        x = self.ln0(self.emb(idx))
+        states = []
+        for i, block in enumerate(self.blocks):
+            x, st = block(x, state[i] if state is not None else None,
+                          _collect[i] if _collect is not None else None)
+            states.append(st)
+        logits = self.head(self.ln_out(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return (logits, loss, states) if return_state else (logits, loss)
+
+    def init_state(self, batch_size, device):
+        """Zero state (equal to state=None). fp32; shift vectors are cast to the activation dtype when used."""
+        out = []
+        for blk in self.blocks:
+            st = {}
+            if blk.rwkv is not None:
+                st.update(blk.rwkv.init_state(batch_size, device))
+            if blk.mamba is not None:
+                st.update(blk.mamba.init_state(batch_size, device))
+            if isinstance(blk.ffn, ChannelMix):
+                st["cm_shift"] = torch.zeros(batch_size, self.a["n_embd"], device=device)
+            out.append(st)
+        return out
+
+    def step(self, token, state):
+        """One token [B,1] -> (logits [B,1,V], state). O(1): both mixers take their recurrent path at T == 1."""
+        if token.dim() != 2 or token.size(1) != 1:
+            raise ValueError(f"step takes one token per row, shape [B, 1]; got {tuple(token.shape)}")
+        logits, _, state = self(token, state=state, return_state=True)
+        return logits, state
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+        """Prefill the prompt with the parallel forward, then one O(1) step per token (no context window)."""
+        if max_new_tokens <= 0:
+            return idx
+        logits, _, state = self(idx, return_state=True)
+        logits = logits[:, -1, :]
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            idx = torch.cat((idx, nxt), dim=1)
+            if i + 1 < max_new_tokens:
+                logits, state = self.step(nxt, state)
+                logits = logits[:, -1, :]
+        return idx
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; non_embedding drops the input embedding (the untied head is a real matmul, it stays,
+        which is model.GPT's convention for a tied head)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.emb.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, T):
+        """Training FLOPs per token (fwd + bwd = 3 x fwd), recurrent-form count, independent of T:
+        6 x (every matmul weight: Linears incl. head, LoRA matrices), plus 3 x the per-token sequence-mixing work:
+        WKV 5 N^2 per RWKV head (read r·(S + u k v^T) 2N^2, update d·S + k v^T 3N^2), SSD 5 P Nstate per Mamba head,
+        conv 2 d_conv per conv channel. Norms and elementwise ops are not counted (as in nanoGPT's formula).
+        The chunked kernels do more arithmetic than this (intra-chunk quadratic terms); this is the model's work."""
+        mm = self.head.weight.numel()
+        mix = 0
+        for blk in self.blocks:
+            mm += sum(m.weight.numel() for m in blk.modules() if isinstance(m, nn.Linear))
+            if blk.rwkv is not None:
+                r = blk.rwkv
+                mm += sum(p.numel() for p in (r.time_maa_w1, r.time_maa_w2, r.time_decay_w1, r.time_decay_w2))
+                mix += 5 * r.H * r.N * r.N
+            if blk.mamba is not None:
+                mb = blk.mamba
+                mix += 5 * mb.nheads * mb.headdim * mb.d_state + 2 * mb.d_conv * mb.conv_dim
+        return float(6 * mm + 3 * mix)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW groups by module membership: the RWKV time-mix modules (lr x rwkv_lr_mult), the Mamba mixers
+        (lr x mamba_lr_mult), everything else (lr x 1), each split into decay / no-decay. No decay for: every
+        parameter flagged _no_weight_decay (RWKV maa/decay/bonus vectors and their LoRA matrices as in RWKV-LM;
+        A_log, D, dt_bias as in mamba-ssm; all fusion gates/gains/maps; GroupNorm) and every < 2-D parameter
+        (norm weights, biases). Decay for the remaining matrices, including the embedding and the head, as
+        nanoGPT and RWKV-LM both do, so the GPT baseline and the hybrids see the same rule there."""
+        rwkv_ids, mamba_ids = set(), set()
+        for blk in self.blocks:
+            if blk.rwkv is not None:
+                rwkv_ids |= {id(p) for p in blk.rwkv.parameters()}
+            if blk.mamba is not None:
+                mamba_ids |= {id(p) for p in blk.mamba.parameters()}
+        groups = {}
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            owner = "rwkv" if id(p) in rwkv_ids else "mamba" if id(p) in mamba_ids else "base"
+            decay = p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)
+            key = (owner, decay)
+            if key not in groups:
+                groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0,
+                               "lr_mult": {"rwkv": self.a["rwkv_lr_mult"], "mamba": self.a["mamba_lr_mult"]}
+                               .get(owner, 1.0), "name": f"{owner}/{'decay' if decay else 'no_decay'}"}
+            groups[key]["params"].append(p)
+        return make_adamw(list(groups.values()), learning_rate, betas, device_type)
+
+    def param_breakdown(self):
+        return param_breakdown(self)
+
+    def crop_block_size(self, block_size):
+        """No positional table: the recurrent model runs at any length; only the recorded block_size changes."""
+        self.a["block_size"] = self.model_args["block_size"] = block_size
+
+    # ---- optional capabilities
+    def backends(self, device=None):
+        """Which WKV and Mamba paths run on `device` (default: where the parameters are), for the logs."""
+        device = torch.device(device) if device is not None else self.head.weight.device
+        out = {}
+        if self.blocks[0].rwkv is not None:
+            import wkv6 as _w
+            b = self.a["wkv_backend"]
+            out["wkv"] = _w.wkv6_backend(device, self.a["rwkv_head_size"]) if b == "auto" else b
+        if self.blocks[0].mamba is not None:
+            out["mamba"] = describe_backend(resolve_backend(self.a["mamba_backend"], device))
+        return out
+
+    @torch.no_grad()
+    def introspect(self, idx, state=None):
+        """Run the model (same weights, current train/eval mode) and return what it computed:
+        {'logits', 'state' (as forward(return_state=True)), 'layers': [per layer: rwkv_wkv [B,H,N,N], rwkv_shift
+        [B,C], mamba_ssm [B,H,P,N], mamba_conv [B,di+2N,d_conv-1], cmix_shift, rwkv_rms / mamba_rms [B,T] (branch
+        output RMS per token, after ablation if any), gate (GF*: [B,T]; HGF: [B,T,d]; WS: [1]; HY: gains)]}."""
+        collect = [{} for _ in self.blocks]
+        logits, _, states = self(idx, state=state, return_state=True, _collect=collect)
+        names = {"wkv": "rwkv_wkv", "tm_shift": "rwkv_shift", "ssm": "mamba_ssm", "conv": "mamba_conv",
+                 "cm_shift": "cmix_shift"}
+        layers = []
+        for blk, c, st in zip(self.blocks, collect, states):
+            d = {names[k]: v for k, v in st.items()}
+            d.update(c)
+            if blk.fusion.kind == "HY":
+                d["gate"] = (blk.fusion.rwkv_gain.detach().clone(), blk.fusion.mamba_gain.detach().clone())
+            layers.append(d)
+        return {"logits": logits, "state": states, "layers": layers}
+
+    @contextlib.contextmanager
+    def ablate(self, branch):
+        """Context manager: `with model.ablate('rwkv'): ...` zeroes that branch's output in every layer before the
+        fusion (the branch still runs and updates its state). See the module docstring for what each fusion then
+        computes. branch: 'rwkv' | 'mamba'."""
+        if branch not in ("rwkv", "mamba"):
+            raise ValueError(f"ablate({branch!r}): branch must be 'rwkv' or 'mamba'")
+        if getattr(self.blocks[0], branch) is None:
+            raise ValueError(f"fusion={self.a['fusion']} has no {branch} branch to ablate")
+        for blk in self.blocks:
+            blk.ablated = branch
+        try:
+            yield self
+        finally:
+            for blk in self.blocks:
+                blk.ablated = None
+
+
+def param_breakdown(model):
+    """Per-layer parameter table (train.py prints it at start)."""
+    if not isinstance(model, Hybrid):
+        n = sum(p.numel() for p in model.parameters())
+        return f"{type(model).__name__}: {n:,} parameters ({model.num_params():,} non-embedding)"
+    cnt = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+    a = model.a
+    lines = [f"Hybrid fusion={a['fusion']} n_layer={a['n_layer']} n_embd={a['n_embd']} ffn={a['ffn']} | "
+             f"RWKV dim_att={model.dim_att} (heads {model.dim_att // a['rwkv_head_size']} x {a['rwkv_head_size']}) | "
+             f"Mamba d_inner={model.d_inner} (heads {model.d_inner // a['mamba_headdim']} x {a['mamba_headdim']}, "
+             f"d_state {a['d_state']})",
+             f"{'layer':>5} {'rwkv':>10} {'mamba':>10} {'fusion':>8} {'ffn':>10} {'norms':>6} {'total':>10}"]
+    for i, blk in enumerate(model.blocks):
+        parts = [cnt(blk.rwkv), cnt(blk.mamba), cnt(blk.fusion), cnt(blk.ffn), cnt(blk.norm1) + cnt(blk.norm2)]
+        lines.append(f"{i:>5} {parts[0]:>10,} {parts[1]:>10,} {parts[2]:>8,} {parts[3]:>10,} {parts[4]:>6,} "
+                     f"{cnt(blk):>10,}")
+    lines.append(f"embedding {cnt(model.emb):,} | head {cnt(model.head):,} | ln0+ln_out "
+                 f"{cnt(model.ln0) + cnt(model.ln_out):,} | total {model.num_params(False):,} | "
+                 f"non-embedding {model.num_params():,}")
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""Mamba-2 mixer for hybrid.py: our own module and parameters, initialised as mamba-ssm 2.3's Mamba2.__init__,
+with a built-in chunked SSD in PyTorch and, on CUDA, mamba-ssm's Triton ops when they import.
+
+Why our own module instead of mamba_ssm.Mamba2: we control the init (no blanket re-init needed or allowed), the
+state (the real SSM state [B,H,P,N] and conv window come out of every forward, on every path), and CPU runs with no
+mamba-ssm installed. The library and the built-in path use the SAME parameters, so one state_dict works everywhere.
+
+Per layer (ngroups = 1, norm_before_gate = False, as mamba-ssm's defaults):
+    z, xBC, dt = in_proj(u)                       # [di, di + 2N, H]
+    xBC = silu(depthwise causal conv(xBC))        # kernel d_conv, window of d_conv-1 past inputs is the conv state
+    x, B, C = xBC                                 # [di = H*P, N, N], B and C shared by every head
+    dt = softplus(dt + dt_bias);  A = -exp(A_log)
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T ;  y_t = h_t C_t + D x_t      # SSD, h [B,H,P,N]
+    out = out_proj(rmsnorm(y * silu(z)) * norm.weight)
+"""
+import importlib.util
+import math
+import sys
+import types
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# mamba-ssm 2.3 Mamba2 defaults we keep fixed (the hybrid exposes d_state, expand/d_inner, headdim, d_conv, chunk)
+DT_MIN, DT_MAX, DT_INIT_FLOOR = 0.001, 0.1, 1e-4
+A_INIT_RANGE = (1.0, 16.0)
+NORM_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- SSD (PyTorch)
+
+def _up(t):
+    """At least fp32 (fp64 stays fp64 for the float64 reference checks)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def segsum(x):
+    """Stable segment sum: x [..., T] -> [..., T, T] with out[i, j] = sum_{j<k<=i} x_k for i >= j, -inf above.
+    Cumulative sums of masked copies instead of differences of cumsums, so no cancellation (ssd_minimal)."""
+    T = x.size(-1)
+    x = x[..., None].expand(*x.shape, T)                       # [..., i, j] = x_i
+    strict = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
+    xs = x.masked_fill(~strict, 0).cumsum(-2)
+    return xs.masked_fill(~strict.logical_or(torch.eye(T, dtype=torch.bool, device=x.device)), float("-inf"))
+
+
+def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
+    """Chunked SSD (Mamba-2 paper, listing 1) with padding and state in/out.
+
+    x [b,l,h,p], dt [b,l,h] (after softplus), A [h] (negative), B, C [b,l,n]; initial_state [b,h,p,n] or None.
+    Returns y [b,l,h,p] (no D term) and the final state [b,h,p,n], in fp32 (fp64 if the inputs are fp64).
+    T that is not a multiple of `chunk` is zero-padded: a padded step has dt = 0, so decay 1 and no input, which
+    leaves the final state exact.
+    """
+    b, l, h, p = x.shape
+    n = B.size(-1)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    dt = dt.to(dtype)
+    X = x.to(dtype) * dt[..., None]
+    Ad = dt * A.to(dtype)                                        # per-step log-decay, <= 0
+    B, C = B.to(dtype), C.to(dtype)
+    pad = (-l) % chunk
+    if pad:
+        X = F.pad(X, (0, 0, 0, 0, 0, pad))
+        Ad, B, C = F.pad(Ad, (0, 0, 0, pad)), F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))
+    c = (l + pad) // chunk
+    X = X.view(b, c, chunk, h, p)
+    B, C = B.view(b, c, chunk, n), C.view(b, c, chunk, n)
+    Ad = Ad.view(b, c, chunk, h).permute(0, 3, 1, 2)             # [b,h,c,q]
+    Acs = Ad.cumsum(-1)
+    # 1. within each chunk: quadratic (attention-like) form with the decay mask
+    Lmask = torch.exp(segsum(Ad))                                 # [b,h,c,q,q]
+    CB = torch.einsum("bcin,bcjn->bcij", C, B)
+    y = torch.einsum("bcij,bhcij,bcjhp->bcihp", CB, Lmask, X)
+    # 2. each chunk's state contribution, decayed to the chunk end
+    decay_to_end = torch.exp(Acs[..., -1:] - Acs)                 # exponents <= 0
+    states = torch.einsum("bcjn,bhcj,bcjhp->bchpn", B, decay_to_end, X)
+    # 3. recurrence across chunks (tiny: c+1 states), starting from the initial state
+    s0 = (torch.zeros(b, 1, h, p, n, dtype=dtype, device=x.device) if initial_state is None
+          else initial_state.to(dtype)[:, None])
+    states = torch.cat([s0, states], dim=1)
+    decay_chunk = torch.exp(segsum(F.pad(Acs[..., -1], (1, 0))))  # [b,h,c+1,c+1]
+    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
+    states, final = states[:, :-1], states[:, -1]
+    # 4. the state entering each chunk, read out by C with the decay from the chunk start
+    y = y + torch.einsum("bcin,bchpn,bhci->bcihp", C, states, torch.exp(Acs))
+    return y.reshape(b, c * chunk, h, p)[:, :l], final
+
+
+def ssd_step(x, dt, A, B, C, state):
+    """One recurrent step. x [b,h,p], dt [b,h], A [h], B, C [b,n], state [b,h,p,n] -> (y [b,h,p], state)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, dt, A, B, C, state = (t.to(dtype) for t in (x, dt, A, B, C, state))
+    decay = torch.exp(dt * A)[..., None, None]
+    state = decay * state + (dt[..., None] * x)[..., None] * B[:, None, None, :]
+    return torch.einsum("bhpn,bn->bhp", state, C), state
+
+
+def ssd_naive(x, dt, A, B, C, initial_state=None):
+    """Sequential scan, the reference every SSD path is tested against (use float64 inputs for that)."""
+    b, l, h, p = x.shape
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    s = (torch.zeros(b, h, p, B.size(-1), dtype=dtype, device=x.device) if initial_state is None
+         else initial_state.to(dtype))
+    ys = []
+    for t in range(l):
+        y, s = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], s)
+        ys.append(y)
+    return torch.stack(ys, 1), s
+
+
+def gated_rmsnorm(y, z, weight, eps=NORM_EPS):
+    """mamba-ssm RMSNormGated with norm_before_gate=False, ngroups=1: rmsnorm(y * silu(z)) * weight, in fp32."""
+    dtype = torch.promote_types(y.dtype, torch.float32)
+    g = y.to(dtype) * F.silu(z.to(dtype))
+    return g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps) * weight.to(dtype)
+
+
+# ------------------------------------------------------------------------------------------- mamba-ssm library
+
+_LIB = None          # None = not tried yet; False = unavailable; else dict of functions
+_PRINTED = set()
+
+
+def _load_mamba_lib():
+    """mamba-ssm's Triton SSD + gated RMSNorm (and causal_conv1d_fn when that CUDA extension is present), or False.
+
+    `import mamba_ssm` runs an unconditional `import selective_scan_cuda` (the Mamba-1 extension, which we never
+    call); where that extension was not built we put an empty module in its place (notes/deps.md §2). We never stub
+    causal_conv1d_cuda: mamba would then believe the conv extension works.
+    """
+    global _LIB
+    if _LIB is not None:
+        return _LIB
+    _LIB = False
+    if importlib.util.find_spec("mamba_ssm") is None:
+        return _LIB
+    try:
+        if importlib.util.find_spec("selective_scan_cuda") is None:
+            sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+        try:
+            from causal_conv1d import causal_conv1d_fn
+        except ImportError:
+            causal_conv1d_fn = None
+        _LIB = dict(scan=mamba_chunk_scan_combined, norm=rmsnorm_fn, conv=causal_conv1d_fn)
+    except Exception as e:  # a broken install must not break the import of the model: fall back, say why once
+        print(f"mamba2: mamba-ssm found but its ops do not import ({type(e).__name__}: {e}); using the built-in SSD")
+    return _LIB
+
+
+def resolve_backend(backend, device):
+    """'auto' -> 'mamba_ssm' on CUDA when importable, else 'torch'. 'mamba_ssm' where it cannot run is an error."""
+    if backend not in ("auto", "torch", "mamba_ssm"):
+        raise ValueError(f"mamba_backend={backend!r}: use auto, torch or mamba_ssm")
+    if backend == "torch":
+        return "torch"
+    lib_ok = device.type == "cuda" and _load_mamba_lib()
+    if backend == "mamba_ssm" and not lib_ok:
+        raise RuntimeError("mamba_backend='mamba_ssm' needs a CUDA tensor and an importable mamba-ssm "
+                           "(pip install mamba-ssm); use mamba_backend='auto' or 'torch'")
+    return "mamba_ssm" if lib_ok else "torch"
+
+
+def describe_backend(path):
+    if path == "mamba_ssm":
+        conv = "causal_conv1d_fn" if _LIB and _LIB["conv"] is not None else "torch conv1d"
+        return f"mamba_ssm (mamba_chunk_scan_combined + rmsnorm_fn + {conv})"
+    return "torch (built-in chunked SSD)"
+
+
+def _announce(path):
+    if path not in _PRINTED:
+        _PRINTED.add(path)
+        print(f"mamba2: using {describe_backend(path)}")
+
+
+# ------------------------------------------------------------------------------------------------ the mixer
+
+class GatedRMSNorm(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight._no_weight_decay = True
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 mixer. forward(u [B,T,d], state) -> (out [B,T,d], state); state = {'ssm': [B,H,P,N] fp32,
+    'conv': [B, d_inner + 2N, d_conv - 1]} or None for zeros. T == 1 takes the recurrent step (O(1) per token)."""
+
+    def __init__(self, d_model, d_inner, d_state=64, d_conv=4, headdim=64, chunk=64, backend="auto"):
+        super().__init__()
+        if d_inner % headdim:
+            raise ValueError(f"Mamba d_inner={d_inner} is not a multiple of mamba_headdim={headdim}; "
+                             f"change mamba_expand / mamba_d_inner or mamba_headdim")
+        if d_conv < 1 or chunk < 1:
+            raise ValueError(f"d_conv={d_conv} and ssd_chunk={chunk} must be >= 1")
+        self.d_model, self.d_inner, self.d_state, self.d_conv = d_model, d_inner, d_state, d_conv
+        self.headdim, self.nheads, self.chunk, self.backend = headdim, d_inner // headdim, chunk, backend
+        self.conv_dim = d_inner + 2 * d_state
+        self.last_path = None
+        # Mamba2.__init__ (mamba-ssm 2.3): nn.Linear / nn.Conv1d keep PyTorch's default (kaiming-uniform) init
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=True)
+        with torch.no_grad():
+            # dt log-uniform in [dt_min, dt_max], floored; dt_bias = softplus^-1(dt)
+            dt = torch.exp(torch.rand(self.nheads) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN))
+            dt = dt.clamp(min=DT_INIT_FLOOR)
+            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+            self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*A_INIT_RANGE)))
+            self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.dt_bias, self.A_log, self.D, self.conv1d.bias):
+            p._no_weight_decay = True
+        self.norm = GatedRMSNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    @staticmethod
+    def count_params(d_model, d_inner, d_state, d_conv, headdim):
+        h = d_inner // headdim
+        conv_dim = d_inner + 2 * d_state
+        return (d_model * (2 * d_inner + 2 * d_state + h) + conv_dim * (d_conv + 1) + 3 * h + d_inner
+                + d_inner * d_model)
+
+    def init_state(self, batch_size, device):
+        return {"ssm": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device),
+                "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device)}
+
+    def forward(self, u, state=None):
+        Bsz, T, _ = u.shape
+        H, P, N, K = self.nheads, self.headdim, self.d_state, self.d_conv
+        path = resolve_backend(self.backend, u.device)
+        if path != self.last_path:
+            self.last_path = path
+            _announce(path)
+        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, H], dim=-1)
+        # depthwise causal conv over [window of K-1 past inputs ; this segment]
+        xBC = xBC.transpose(1, 2)
+        lib_conv = path == "mamba_ssm" and _LIB["conv"] is not None and state is None and T > 1
+        if lib_conv:  # the state-free training call; the window is still returned (it is just the last inputs)
+            prev = xBC.new_zeros(Bsz, self.conv_dim, K - 1)
+            conv = _LIB["conv"](xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
+        else:
+            prev = state["conv"].to(xBC.dtype) if state is not None else xBC.new_zeros(Bsz, self.conv_dim, K - 1)
+        full = torch.cat([prev, xBC], dim=-1)
+        new_conv = full[..., full.size(-1) - (K - 1):]
+        if not lib_conv:
+            conv = F.silu(F.conv1d(full, self.conv1d.weight.to(full.dtype), self.conv1d.bias.to(full.dtype),
+                                   groups=self.conv_dim))
+        x, Bm, Cm = conv.transpose(1, 2).split([self.d_inner, N, N], dim=-1)
+        A = -torch.exp(_up(self.A_log))
+        s0 = state["ssm"] if state is not None else None
+        x = x.reshape(Bsz, T, H, P)
+        if T == 1:   # recurrent step for generation: O(1), no chunk padding
+            dtv = F.softplus(_up(dt) + _up(self.dt_bias))
+            s0 = s0 if s0 is not None else x.new_zeros(Bsz, H, P, N, dtype=torch.promote_types(x.dtype, torch.float32))
+            y, s1 = ssd_step(x[:, 0], dtv[:, 0], A, Bm[:, 0], Cm[:, 0], s0)
+            y = (y + self.D.to(y.dtype)[:, None] * x[:, 0].to(y.dtype))[:, None]
+        elif path == "mamba_ssm":
+            y, s1 = _LIB["scan"](x, dt, A, Bm[:, :, None], Cm[:, :, None], self.chunk, D=self.D, z=None,
+                                 dt_bias=self.dt_bias, dt_softplus=True,
+                                 initial_states=None if s0 is None else s0.float(), return_final_states=True)
+        else:
+            dtv = F.softplus(_up(dt) + _up(self.dt_bias))
+            y, s1 = ssd_chunked(x, dtv, A, Bm, Cm, self.chunk, s0)
+            y = y + self.D.to(y.dtype)[:, None] * x.to(y.dtype)
+        y = y.reshape(Bsz, T, self.d_inner)
+        if path == "mamba_ssm" and T > 1:
+            y = _LIB["norm"](y, self.norm.weight, None, z=z, eps=NORM_EPS, group_size=self.d_inner,
+                             norm_before_gate=False)
+        else:
+            y = gated_rmsnorm(y, z, self.norm.weight)
+        out = self.out_proj(y.to(u.dtype))  # under autocast the Linear casts anyway
+        return out, {"ssm": s1, "conv": new_conv}
