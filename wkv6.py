@@ -318,6 +318,8 @@ def wkv6(r, k, v, w, u, state=None, *, backend="auto"):
     _check_inputs(r, k, v, w, u, state)
     if r.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ValueError(f"wkv6: unsupported dtype {r.dtype}; use fp32, bf16 or fp16")
+    if backend not in ("auto", "cuda", "triton", "torch", "naive"):
+        raise ValueError(f"wkv6: unknown backend '{backend}'; use auto|cuda|triton|torch|naive")
     N = r.shape[-1]
     if backend == "auto":
         backend = wkv6_backend(r.device, N)
@@ -334,7 +336,5 @@ def wkv6(r, k, v, w, u, state=None, *, backend="auto"):
         if N not in SUPPORTED_N_CUDA:
             raise ValueError(f"wkv6: CUDA kernel supports head sizes {SUPPORTED_N_CUDA}, got {N}; use backend='triton' or 'torch'")
         return wkv6_cuda(r, k, v, w, u, state)
-    if backend == "triton":
-        import wkv6_triton
-        return wkv6_triton.wkv6_triton(r, k, v, w, u, state)
-    raise ValueError(f"wkv6: unknown backend '{backend}'; use auto|cuda|triton|torch|naive")
+    import wkv6_triton
+    return wkv6_triton.wkv6_triton(r, k, v, w, u, state)
