@@ -77,6 +77,17 @@ def _no_wd(*params):
 
 # ------------------------------------------------------------------------------------------- RWKV-6 time-mix
 
+def _wkv_step(r, k, v, logw, u, state):
+    """One WKV-6 step (wkv6.py's recurrence), fp32 and outside autocast. r,k,v,logw [B,H,N], u [H,N]."""
+    dt = torch.promote_types(r.dtype, torch.float32)
+    with torch.autocast(r.device.type, enabled=False):
+        r, k, v, logw, u = (t.to(dt) for t in (r, k, v, logw, u))
+        state = state.to(dt) if state is not None else r.new_zeros(*r.shape, r.size(-1))
+        kv = k[..., :, None] * v[..., None, :]
+        y = torch.einsum("bhj,bhji->bhi", r, state + u[None, :, :, None] * kv)
+        return y, torch.exp(logw)[..., None] * state + kv
+
+
 class RWKVTimeMix(nn.Module):
     """RWKV-LM RWKV_Tmix_x060, with state in/out. C = n_embd, A = dim_att = H * N."""
 
@@ -154,16 +165,12 @@ class RWKVTimeMix(nn.Module):
         logw = -torch.exp(_up(w)).view(B, T, H, N)                      # log-decay <= 0 (fp32), what wkv6 takes
         s0 = state["wkv"] if state is not None else None
         if T == 1:  # recurrent step for generation, O(1): read the old state + bonus, then decay and add k v^T
-            dt = torch.promote_types(r.dtype, torch.float32)
-            r1, k1, v1 = r[:, 0].to(dt), k[:, 0].to(dt), v[:, 0].to(dt)
-            s0 = s0.to(dt) if s0 is not None else r1.new_zeros(B, H, N, N)
-            kv = k1[..., :, None] * v1[..., None, :]
-            y = torch.einsum("bhj,bhji->bhi", r1, s0 + self.time_faaaa.to(dt)[None, :, :, None] * kv)[:, None]
-            s1 = torch.exp(logw[:, 0].to(dt))[..., None] * s0 + kv
+            y, s1 = _wkv_step(r[:, 0], k[:, 0], v[:, 0], logw[:, 0], self.time_faaaa, s0)
+            y = y[:, None].to(r.dtype)
         else:
             y, s1 = wkv6(r, k, v, logw, self.time_faaaa, state=s0, backend=self.backend)
         y = self.ln_x(y.reshape(B * T, self.A).to(g.dtype)).view(B, T, self.A)
-        return self.output(y * g), {"wkv": s1, "tm_shift": x[:, -1]}
+        return self.output(y * g), {"wkv": _up(s1), "tm_shift": _up(x[:, -1])}
 
 
 # ---------------------------------------------------------------------------------------------------- FFNs
@@ -192,7 +199,7 @@ class ChannelMix(nn.Module):
         xx = torch.cat([prev, x[:, :-1]], dim=1) - x
         k = torch.relu(self.key(x + xx * self.time_maa_k)) ** 2
         out = torch.sigmoid(self.receptance(x + xx * self.time_maa_r)) * self.value(k)
-        return out, {"cm_shift": x[:, -1]}
+        return out, {"cm_shift": _up(x[:, -1])}
 
 
 class MLP(nn.Module):

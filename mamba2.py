@@ -46,6 +46,13 @@ def segsum(x):
 
 
 def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
+    # autocast would run the einsums below in bf16, states and decay products included; keep the scan in fp32
+    # (TF32 on tensor cores where allowed), as mamba-ssm keeps its states in fp32
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssd_chunked(x, dt, A, B, C, chunk, initial_state)
+
+
+def _ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
     """Chunked SSD (Mamba-2 paper, listing 1) with padding and state in/out.
 
     x [b,l,h,p], dt [b,l,h] (after softplus), A [h] (negative), B, C [b,l,n]; initial_state [b,h,p,n] or None.
@@ -92,9 +99,10 @@ def ssd_step(x, dt, A, B, C, state):
     """One recurrent step. x [b,h,p], dt [b,h], A [h], B, C [b,n], state [b,h,p,n] -> (y [b,h,p], state)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, dt, A, B, C, state = (t.to(dtype) for t in (x, dt, A, B, C, state))
-    decay = torch.exp(dt * A)[..., None, None]
-    state = decay * state + (dt[..., None] * x)[..., None] * B[:, None, None, :]
-    return torch.einsum("bhpn,bn->bhp", state, C), state
+    with torch.autocast(x.device.type, enabled=False):
+        decay = torch.exp(dt * A)[..., None, None]
+        state = decay * state + (dt[..., None] * x)[..., None] * B[:, None, None, :]
+        return torch.einsum("bhpn,bn->bhp", state, C), state
 
 
 def ssd_naive(x, dt, A, B, C, initial_state=None):
@@ -231,7 +239,7 @@ class Mamba2Mixer(nn.Module):
         Bsz, T, _ = u.shape
         H, P, N, K = self.nheads, self.headdim, self.d_state, self.d_conv
         path = resolve_backend(self.backend, u.device)
-        if path != self.last_path:
+        if path != self.last_path and not torch.compiler.is_compiling():
             self.last_path = path
             _announce(path)
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, H], dim=-1)
@@ -272,4 +280,6 @@ class Mamba2Mixer(nn.Module):
         else:
             y = gated_rmsnorm(y, z, self.norm.weight)
         out = self.out_proj(y.to(u.dtype))  # under autocast the Linear casts anyway
-        return out, {"ssm": s1, "conv": new_conv}
+        # states leave in fp32 whatever the activation dtype: carried state keeps one dtype (no recompiles) and the
+        # next segment reads what this one wrote
+        return out, {"ssm": _up(s1), "conv": _up(new_conv)}
