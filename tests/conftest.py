@@ -42,3 +42,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+PY = sys.executable
+
+
+def run_py(args, cwd=ROOT, env=None, timeout=600, check=True):
+    """Run `python args...` in a subprocess with a fixed thread count; returns CompletedProcess."""
+    import subprocess
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    e.update(env or {})
+    p = subprocess.run([PY] + list(args), cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"python {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small real dataset (stdlib sources, char level, ~300 KB) prepared once per test session.
+    Returns the data_dir; the dataset name is 'stdlib_char'."""
+    d = tmp_path_factory.mktemp("data")
+    run_py(["prepare.py", "--max_bytes=300000", f"--data_dir={d}"])
+    return str(d)
+
+
+# a tiny GPT that trains in seconds on CPU; tests add their own overrides after these
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4", "--dropout=0.0",
+        "--device=cpu", "--compile=False", "--dtype=float32", "--eval_iters=2", "--log_interval=1", "--plot=False"]

@@ -1,0 +1,145 @@
+"""The metrics log (one JSONL file per run) and provenance: what every number is computed on.
+
+A run's metrics.jsonl holds, one JSON object per line, each with a "kind":
+  run    the header: config, seed, git, device, versions, backends, data identity, eval protocol
+  train  iter, tokens, loss, lr, grad_norm, skipped, dt_ms, tok_s, mfu, mem_peak_mb, train_time_s
+  eval   iter, tokens, train_time_s, val_loss, train_loss, val_tokens_scored
+  end    reason, best (best val loss and the iter it was reached at)
+train_time_s is cumulative training wall-clock, excluding eval and checkpointing. Gates and README tables read
+only this file, so a number that is not in it does not exist.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+TRAIN_FIELDS = ("iter", "tokens", "loss", "lr", "grad_norm", "skipped", "dt_ms", "tok_s", "mfu", "mem_peak_mb",
+                "train_time_s")
+EVAL_FIELDS = ("iter", "tokens", "train_time_s", "val_loss", "train_loss", "val_tokens_scored")
+
+# dense bf16/fp16 tensor-core peaks (datasheets) used for MFU; an unknown device gets MFU "n/a", not a guess
+PEAK_FLOPS = {
+    "H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H100 PCIe": 756e12, "H100 NVL": 835e12,
+    "H200": 989.4e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "RTX 4090": 165.2e12,
+}
+
+
+def peak_flops(device_name):
+    for key, value in PEAK_FLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def git_info():
+    def run(*cmd):
+        try:
+            return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    sha = run("git", "rev-parse", "HEAD") or None
+    dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no")) if sha else None
+    return {"sha": sha, "dirty": dirty}
+
+
+def device_info(device):
+    device = str(device)
+    info = {"device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        idx = torch.device(device).index or 0
+        info["device_name"] = torch.cuda.get_device_name(idx)
+        info["cuda"] = torch.version.cuda
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10).stdout.split("\n")[0].strip()
+            info["driver"] = out or None
+        except (OSError, subprocess.TimeoutExpired):
+            info["driver"] = None
+    else:
+        info["device_name"] = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+                              f"{torch.get_num_threads()} threads)"
+    return info
+
+
+def versions():
+    v = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    for name in ("numpy", "triton", "tiktoken", "mamba_ssm", "causal_conv1d", "fla"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                mod = __import__(name)
+            except Exception:  # optional packages: absent, or present but unusable on this machine
+                v[name] = None
+                continue
+        v[name] = str(getattr(mod, "__version__", "unknown"))  # str(): torch's TorchVersion is not weights_only-safe
+    return v
+
+
+def provenance(device):
+    """git sha (and whether the tree was dirty), device name and driver, library versions, command line."""
+    return {"git": git_info(), **device_info(device), "versions": versions(),
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+
+
+class MetricsLog:
+    """Append-only JSONL writer; each line is flushed so a crash or SIGKILL keeps everything logged so far."""
+
+    def __init__(self, path, header, append=False):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.f = open(path, "a" if append else "w")
+        self.write("run", **header)
+
+    def write(self, kind, **fields):
+        self.f.write(json.dumps({"kind": kind, **fields}, default=_jsonable) + "\n")
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+def _jsonable(x):
+    if isinstance(x, torch.Tensor):
+        return x.item() if x.numel() == 1 else x.tolist()
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def read_metrics(path):
+    """All records of a metrics log, in order. A resumed run appends a new `run` header to the same file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def evals(records):
+    return [r for r in records if r["kind"] == "eval"]
+
+
+def loss_curve(metrics_path, png_path):
+    """Train and val loss against tokens, from the metrics log alone. Returns False when matplotlib is absent."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    recs = read_metrics(metrics_path)
+    train = [r for r in recs if r["kind"] == "train"]
+    ev = evals(recs)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], lw=0.8, label="train (logged steps)")
+    ax.plot([r["tokens"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="val (fixed windows)")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return True
