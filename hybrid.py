@@ -564,10 +564,14 @@ def param_breakdown(model):
         return f"{type(model).__name__}: {n:,} parameters ({model.num_params():,} non-embedding)"
     cnt = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
     a = model.a
-    lines = [f"Hybrid fusion={a['fusion']} n_layer={a['n_layer']} n_embd={a['n_embd']} ffn={a['ffn']} | "
-             f"RWKV dim_att={model.dim_att} (heads {model.dim_att // a['rwkv_head_size']} x {a['rwkv_head_size']}) | "
-             f"Mamba d_inner={model.d_inner} (heads {model.d_inner // a['mamba_headdim']} x {a['mamba_headdim']}, "
-             f"d_state {a['d_state']})",
+    head = [f"Hybrid fusion={a['fusion']} n_layer={a['n_layer']} n_embd={a['n_embd']} ffn={a['ffn']}"]
+    if model.blocks[0].rwkv is not None:
+        head.append(f"RWKV dim_att={model.dim_att} (heads {model.dim_att // a['rwkv_head_size']} x "
+                    f"{a['rwkv_head_size']})")
+    if model.blocks[0].mamba is not None:
+        head.append(f"Mamba d_inner={model.d_inner} (heads {model.d_inner // a['mamba_headdim']} x "
+                    f"{a['mamba_headdim']}, d_state {a['d_state']})")
+    lines = [" | ".join(head),
              f"{'layer':>5} {'rwkv':>10} {'mamba':>10} {'fusion':>8} {'ffn':>10} {'norms':>6} {'total':>10}"]
     for i, blk in enumerate(model.blocks):
         parts = [cnt(blk.rwkv), cnt(blk.mamba), cnt(blk.fusion), cnt(blk.ffn), cnt(blk.norm1) + cnt(blk.norm2)]
