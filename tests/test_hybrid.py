@@ -190,6 +190,68 @@ def test_param_counts_match_formulas(fusion):
     assert f"non-embedding {m.num_params():,}" in text and len(text.splitlines()) == 2 + TINY["n_layer"] + 1
 
 
+# -------------------------------------------------------------- branches vs independent float64 references
+
+def _rwkv_reference(tm, x):
+    """RWKV-LM RWKV_Tmix_x060.forward, transcribed (ZeroPad time shift, 5-way LoRA, wkv6_naive), float64."""
+    from wkv6 import wkv6_naive
+    B, T, C = x.shape
+    xx = torch.nn.ZeroPad2d((0, 0, 1, -1))(x) - x
+    xxx = x + xx * tm.time_maa_x
+    xxx = torch.tanh(xxx @ tm.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
+    xxx = torch.bmm(xxx, tm.time_maa_w2).view(5, B, T, C)
+    mw, mk, mv, mr, mg = xxx.unbind(dim=0)
+    xw, xk, xv = x + xx * (tm.time_maa_w + mw), x + xx * (tm.time_maa_k + mk), x + xx * (tm.time_maa_v + mv)
+    xr, xg = x + xx * (tm.time_maa_r + mr), x + xx * (tm.time_maa_g + mg)
+    r, k, v = tm.receptance(xr), tm.key(xk), tm.value(xv)
+    g = torch.nn.functional.silu(tm.gate(xg))
+    w = tm.time_decay + torch.tanh(xw @ tm.time_decay_w1) @ tm.time_decay_w2
+    H, N = tm.H, tm.N
+    y, _ = wkv6_naive(*(t.view(B, T, H, N) for t in (r, k, v)), -torch.exp(w).view(B, T, H, N), tm.time_faaaa)
+    y = tm.ln_x(y.reshape(B * T, -1)).view(B, T, -1)
+    return tm.output(y * g)
+
+
+def _mamba_reference(mx, u):
+    """mamba-ssm Mamba2 forward (use_mem_eff_path=False, no causal_conv1d) transcribed, float64, sequential scan."""
+    F_ = torch.nn.functional
+    B, T, _ = u.shape
+    z, xBC, dt = mx.in_proj(u).split([mx.d_inner, mx.d_inner + 2 * mx.d_state, mx.nheads], dim=-1)
+    xBC = F_.silu(F_.conv1d(xBC.transpose(1, 2), mx.conv1d.weight, mx.conv1d.bias, padding=mx.d_conv - 1,
+                            groups=xBC.size(-1))[..., :T].transpose(1, 2))
+    x, Bm, Cm = xBC.split([mx.d_inner, mx.d_state, mx.d_state], dim=-1)
+    dt = F_.softplus(dt + mx.dt_bias)
+    x = x.reshape(B, T, mx.nheads, mx.headdim)
+    y, _ = ssd_naive(x, dt, -torch.exp(mx.A_log), Bm, Cm)
+    y = (y + mx.D[:, None] * x).reshape(B, T, -1)
+    y = y * F_.silu(z)
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-5) * mx.norm.weight
+    return mx.out_proj(y)
+
+
+def test_branches_match_transcribed_references_fp64():
+    m = tiny("GF", seed=3).double()
+    x = torch.randn(2, 19, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        for blk in m.blocks:
+            a, _ = blk.rwkv(x)
+            assert rel(a, _rwkv_reference(blk.rwkv, x)) < 1e-10
+            b, _ = blk.mamba(x)
+            assert rel(b, _mamba_reference(blk.mamba, x)) < 1e-10
+
+
+def test_whole_model_step_equals_forward_fp64():
+    m = tiny("HGF", seed=4).double()
+    idx = torch.randint(0, 23, (2, 17), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _ = m(idx)
+        st, steps = None, []
+        for t in range(17):
+            lo, _, st = m(idx[:, t:t + 1], state=st, return_state=True)
+            steps.append(lo)
+    assert rel(torch.cat(steps, 1), full) < 1e-11
+
+
 # ------------------------------------------------------------------------------------------ stateful use
 
 def _states_close(sa, sb, **tol):
