@@ -43,6 +43,22 @@ GPT_CONFIG = dict(
     tie_weights=True,   # share the token embedding with the output head
     attn_impl="sdpa",   # sdpa (PyTorch picks flash / mem-efficient / math) | math (explicit masked softmax)
     rope_base=10000.0,
+    causal=True,        # False: bidirectional attention (puzzles: every cell sees every clue); no KV cache, no generate
+    # Recursive depth (TRM-style weight sharing; see the "Recursive depth" section below). Off by default. With
+    # recursive=True the n_layer blocks are split n_prelude + n_core + n_coda (n_layer must equal their sum).
+    recursive=False,
+    n_prelude=0,        # blocks applied once to the embedding: x = prelude(embed(idx))
+    n_core=2,           # the shared core, applied (rec_n + 1) * rec_T times per supervision step
+    n_coda=0,           # blocks applied once to the answer latent y before the head
+    rec_n=6,            # z-updates per repetition: z <- core(z + y + x), rec_n times, then y <- core(y + z)
+    rec_T=3,            # repetitions per supervision step; the first rec_T - rec_grad_last run under no_grad
+    rec_grad_last=1,    # repetitions (at the end) that carry gradient: 1 = TRM; k > 1 = truncated backprop over k
+    rec_depth_sampling="fixed",  # fixed | lognormal_poisson (per-batch random repetitions with mean rec_T, LM mode)
+    halt_max_steps=1,   # supervision steps per training forward (> 1: deep supervision, latents detached between)
+    rec_act=False,      # ACT: a Q-head halts each sequence when it predicts "solved" (bidirectional only)
+    halt_explore_prob=0.1,  # ACT exploration: with this prob. a sequence runs at least randint(2, halt_max_steps)
+    loss_type="ce",     # ce | stablemax (s(x)=x+1 for x>=0, 1/(1-x) for x<0; float64). Eval in train.py is CE
+    grad_checkpoint=False,  # recompute each core block in backward instead of storing its activations
 )
 
 # model_type -> (module, config dict name, class name); imported lazily so a family's optional deps stay optional
@@ -159,6 +175,7 @@ class Attention(nn.Module):
         super().__init__()
         assert a["n_embd"] % a["n_head"] == 0, "n_embd must be divisible by n_head"
         self.n_head, self.impl, self.dropout = a["n_head"], a["attn_impl"], a["dropout"]
+        self.causal = a.get("causal", True)
         self.c_attn = nn.Linear(a["n_embd"], 3 * a["n_embd"], bias=a["bias"])
         self.c_proj = nn.Linear(a["n_embd"], a["n_embd"], bias=a["bias"])
         self.resid_dropout = nn.Dropout(a["dropout"])
@@ -172,6 +189,16 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
+        if not self.causal:  # bidirectional: every position attends to every position (no cache: the past changes)
+            if cache is not None:
+                raise ValueError("a bidirectional model (causal=False) has no KV cache; call it without state")
+            p = self.dropout if self.training else 0.0
+            if self.impl == "sdpa":
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            else:
+                att = F.dropout(((q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))).softmax(-1), p, self.training)
+                y = att @ v
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
         if cache is not None:  # KV cache: append, attend over everything cached so far
             if cache.get("k") is not None:
                 past = cache["k"].size(2)
@@ -231,7 +258,232 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+# ---------------------------------------------------------------------------------------------- Recursive depth
+# recursive=True turns the GPT into a TRM-style weight-shared recursion (notes: shared/notes/anchors.md §C):
+#     x = rms(prelude(embed(idx)))                      once per forward
+#     repeat rec_T times (the first rec_T - rec_grad_last under no_grad):
+#         z = core(z + y + x)   rec_n times             latent reasoning: sees the input
+#         y = core(y + z)                               answer update: does not see x
+#     logits = head(ln_f(coda(y)))
+# core(h) = rms(blocks(h)): the core ends in a parameter-free RMS norm. TRM keeps the latents at unit scale with
+# post-norm blocks; our blocks are pre-norm, whose residual stream would grow with every application, so the
+# normalisation sits at the core's output instead (and x is normalised too, so x, y, z are all O(1)).
+# y and z start from two fixed random vectors (buffers, std 1) broadcast over positions, as in TRM.
+#
+# Training forward (targets given, model.train()): halt_max_steps supervision steps (deep supervision), the latent
+# carry detached between them, each step with its own loss; loss = the mean of the steps' losses. TRM carries
+# the latents across optimizer steps instead; here every supervision step of a batch runs inside one forward
+# (one backward covers them all: the graphs are disjoint because the carry is detached).
+# ACT (rec_act, bidirectional only): after each step a Q-head on the mean of y predicts "this sequence is solved"
+# (init weight 0, bias -5); a sequence halts when q > 0 (TRM's no_ACT_continue rule), or at halt_max_steps; with
+# probability halt_explore_prob it must first run randint(2, halt_max_steps) steps. Loss per (sequence, step) run =
+# the sequence's mean token loss + 0.5 * BCE(q, sequence exactly right), averaged over all (sequence, step) pairs
+# run; halted sequences leave the batch. A causal LM cannot halt per sequence (future tokens would choose the
+# depth of earlier ones), so causal mode refuses rec_act; it uses a fixed or per-batch random depth instead.
+# Inference (no targets, or model.eval()): one chain of set_depth(n) repetitions (default halt_max_steps * rec_T,
+# what training ran at the cap; TRM also runs every step at eval), under the ambient grad mode.
+
+
+def token_losses(logits, targets, kind):
+    """Per-position loss [..., T] (0 where targets == -1): cross-entropy, or stable-max cross-entropy in float64
+    (Prieto et al. 2025): s(x) = x + 1 (x >= 0), 1 / (1 - x) (x < 0); p_i = s(x_i) / sum_j s(x_j)."""
+    valid = targets != -1
+    tgt = targets.clamp(min=0)
+    if kind == "ce":
+        out = F.cross_entropy(logits.float().flatten(0, -2), tgt.flatten(), reduction="none").view(targets.shape)
+    else:
+        x = logits.double()
+        # each branch is evaluated on its own half-line, so the unused branch never divides by zero (a where()
+        # over 1/(1-x) at x = 1 would send 0 * inf = nan into the gradient)
+        s = torch.where(x >= 0, x.clamp(min=0) + 1, 1 / (1 - x.clamp(max=0)))
+        logp = s.log() - s.sum(-1, keepdim=True).log()
+        out = -logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).float()
+    return out * valid
+
+
+class Recursion:
+    """The recursive-depth half of GPT (a mixin: GPT's blocks, embedding and head are reused)."""
+
+    def init_recursion(self, a):
+        parts = a["n_prelude"] + a["n_core"] + a["n_coda"]
+        if a["n_layer"] != parts or a["n_core"] < 1 or min(a["n_prelude"], a["n_coda"]) < 0:
+            raise ValueError(f"recursive=True: n_layer ({a['n_layer']}) must equal n_prelude + n_core + n_coda "
+                             f"({a['n_prelude']} + {a['n_core']} + {a['n_coda']}) with n_core >= 1; set "
+                             f"--n_layer={max(parts, 1)} or change the split")
+        for k in ("rec_n", "rec_T", "rec_grad_last", "halt_max_steps"):
+            if a[k] < 1:
+                raise ValueError(f"{k}={a[k]} must be >= 1")
+        if a["rec_depth_sampling"] not in ("fixed", "lognormal_poisson"):
+            raise ValueError(f"rec_depth_sampling={a['rec_depth_sampling']!r}: use fixed or lognormal_poisson")
+        if a["rec_depth_sampling"] == "lognormal_poisson" and a["rec_T"] < 2:
+            raise ValueError("rec_depth_sampling=lognormal_poisson needs rec_T >= 2 (its mean depth)")
+        if a["rec_act"] and a["causal"]:
+            raise ValueError("rec_act=True needs causal=False: a per-sequence halt in a causal LM lets future tokens "
+                             "choose the depth of earlier ones; use rec_depth_sampling for LM mode")
+        C, p = a["n_embd"], a["n_prelude"]
+        self.prelude = list(self.transformer.h[:p])    # views into transformer.h (plain lists: no new params)
+        self.core = list(self.transformer.h[p:p + a["n_core"]])
+        self.coda = list(self.transformer.h[p + a["n_core"]:])
+        g = torch.Generator().manual_seed(0)  # fixed init vectors, part of the architecture (saved as buffers)
+        self.register_buffer("y_init", torch.randn(C, generator=g).clamp(-2, 2))
+        self.register_buffer("z_init", torch.randn(C, generator=g).clamp(-2, 2))
+        if a["rec_act"]:
+            self.q_head = nn.Linear(C, 1)
+            nn.init.zeros_(self.q_head.weight)   # TRM: "(almost) zero for faster learning during bootstrapping"
+            nn.init.constant_(self.q_head.bias, -5.0)
+        self.eval_reps = None
+        # optional protocol capabilities: only a recursive GPT has them (hasattr() is how callers check)
+        self.set_depth, self.effective_depth, self.param_breakdown = \
+            self._set_depth, self._effective_depth, self._param_breakdown
+        self.last_reps = []  # repetitions run by each supervision step of the last training forward
+
+    # ---- capabilities
+    def _set_depth(self, n):
+        """Test-time depth: inference runs n repetitions (each rec_n z-updates + 1 y-update); None = default
+        (halt_max_steps * rec_T)."""
+        if n is not None and (int(n) != n or n < 1):
+            raise ValueError(f"set_depth({n!r}): depth must be a positive integer or None")
+        self.eval_reps = None if n is None else int(n)
+
+    def inference_reps(self):
+        return self.eval_reps or self.a["halt_max_steps"] * self.a["rec_T"]
+
+    def _effective_depth(self, reps=None):
+        """Blocks applied, in sequence, by one inference forward (reps repetitions; default inference_reps())."""
+        a = self.a
+        reps = self.inference_reps() if reps is None else reps
+        return a["n_prelude"] + a["n_core"] * (a["rec_n"] + 1) * reps + a["n_coda"]
+
+    def block_applications(self):
+        return self._effective_depth()
+
+    def _param_breakdown(self):
+        a = self.a
+        n = lambda blocks: sum(p.numel() for b in blocks for p in b.parameters())
+        train_depth = a["halt_max_steps"] * (a["n_core"] * (a["rec_n"] + 1) * a["rec_T"] + a["n_coda"]) + a["n_prelude"]
+        return (f"recursive: prelude {a['n_prelude']} blocks {n(self.prelude) / 1e6:.3f}M, core {a['n_core']} blocks "
+                f"{n(self.core) / 1e6:.3f}M, coda {a['n_coda']} blocks {n(self.coda) / 1e6:.3f}M; schedule "
+                f"(z<-core(z+y+x) x{a['rec_n']}, y<-core(y+z)) x{a['rec_T']} ({a['rec_grad_last']} with grad, "
+                f"depth sampling {a['rec_depth_sampling']}) x{a['halt_max_steps']} supervision steps"
+                f"{' with ACT' if a['rec_act'] else ''}; effective depth {train_depth} blocks per training forward "
+                f"(at the cap), {self._effective_depth()} per inference forward ({self.inference_reps()} repetitions)"
+                f"; {'causal' if a['causal'] else 'bidirectional'}, loss {a['loss_type']}")
+
+    def recursive_flops_per_token(self, T):
+        """Training FLOPs per token, counted per block application: 6 N (+ 12 H Q T attention) for applications
+        that carry gradient, 2 N (+ 4 H Q T) for the no_grad repetitions (forward only). Prelude once; core, coda,
+        head and Q-head once per supervision step. ACT: the cap (every sequence runs halt_max_steps steps) -- an
+        upper bound. lognormal_poisson depth: its mean rec_T, with rec_grad_last grad repetitions."""
+        a = self.a
+        n = lambda mods: sum(p.numel() for m in mods for p in m.parameters())
+        att = a["n_head"] * (a["n_embd"] // a["n_head"]) * T   # per block application, per unit of 2 (fwd)
+        grad_reps = min(a["rec_grad_last"], a["rec_T"])
+        nograd_reps = a["rec_T"] - grad_reps
+        head = n([self.transformer.ln_f]) + self.lm_head.weight.numel() + (n([self.q_head]) if a["rec_act"] else 0)
+        core = (a["rec_n"] + 1) * (grad_reps * (6 * n(self.core) + 12 * att * a["n_core"])
+                                   + nograd_reps * (2 * n(self.core) + 4 * att * a["n_core"]))
+        step = core + 6 * n(self.coda) + 12 * att * a["n_coda"] + 6 * head
+        return float(6 * n(self.prelude) + 12 * att * a["n_prelude"] + a["halt_max_steps"] * step)
+
+    # ---- forward
+    def core_step(self, h, rope, caches):
+        for b in self.core:
+            cache = next(caches) if caches is not None else None
+            if self.a["grad_checkpoint"] and self.training and torch.is_grad_enabled() and cache is None:
+                h = torch.utils.checkpoint.checkpoint(b, h, rope, None, use_reentrant=False)
+            else:
+                h = b(h, rope, cache)
+        return F.rms_norm(h, (h.size(-1),))
+
+    def recurse(self, x, y, z, reps, grad_reps, rope, caches=None):
+        """reps repetitions of the TRM unit; only the last grad_reps build a graph."""
+        grad = torch.is_grad_enabled()
+        for i in range(reps):
+            with torch.set_grad_enabled(grad and i >= reps - grad_reps):
+                for _ in range(self.a["rec_n"]):
+                    z = self.core_step(z + y + x, rope, caches)
+                y = self.core_step(y + z, rope, caches)
+        return y, z
+
+    def readout(self, y, rope, caches=None):
+        for b in self.coda:
+            y = b(y, rope, next(caches) if caches is not None else None)
+        return self.lm_head(self.transformer.ln_f(y))
+
+    def train_reps(self):
+        """Repetitions for one training supervision step: rec_T, or (LM mode) a per-batch draw from Huginn's
+        sampler, 1 + Poisson(LogNormal(mu, 0.5)) with mean rec_T, capped at 3 rec_T to bound time and memory.
+        Drawn from the CPU generator, so a resumed run (whose RNG state is restored) draws the same depths."""
+        a = self.a
+        if a["rec_depth_sampling"] == "fixed":
+            return a["rec_T"]
+        sigma = 0.5
+        mu = math.log(a["rec_T"] - 1) - sigma ** 2 / 2
+        lam = torch.exp(mu + sigma * torch.randn(()))
+        return int(min(1 + torch.poisson(lam).item(), 3 * a["rec_T"]))
+
+    def recursive_forward(self, idx, targets, state, past):
+        a = self.a
+        B, T = idx.shape
+        if state is not None and len(state["layers"]) != self.block_applications():
+            raise ValueError(f"KV cache has {len(state['layers'])} layers but this depth needs "
+                             f"{self.block_applications()}; make a new one with model.new_cache() after set_depth()")
+        caches = iter(state["layers"]) if state is not None else None
+        x, rope = self.embed(idx, past)
+        for b in self.prelude:
+            x = b(x, rope, next(caches) if caches is not None else None)
+        x = F.rms_norm(x, (x.size(-1),))
+        y = self.y_init.to(x.dtype).expand(B, T, -1)
+        z = self.z_init.to(x.dtype).expand(B, T, -1)
+        if targets is None or not self.training:
+            reps = self.inference_reps()
+            y, z = self.recurse(x, y, z, reps, reps, rope, caches)
+            logits = self.readout(y, rope, caches)
+            return logits, None if targets is None else self.loss_fn(logits, targets)
+        if state is not None:
+            raise ValueError("a training forward (model.train() with targets) takes no KV cache")
+        k, steps = a["rec_grad_last"], a["halt_max_steps"]
+        self.last_reps = []
+        if not a["rec_act"]:  # deep supervision (or one plain step): every sequence runs every step
+            total = 0.0
+            for s in range(steps):
+                reps = self.train_reps()
+                self.last_reps.append(reps)
+                y, z = self.recurse(x, y.detach(), z.detach(), reps, min(k, reps), rope)
+                logits = self.readout(y, rope)
+                total = total + self.loss_fn(logits, targets)
+            return logits, total / steps
+        # ACT: per-sequence halting; halted sequences leave the batch (their logits are the halting step's)
+        rows = torch.arange(B, device=idx.device)
+        explore = torch.rand(B) < a["halt_explore_prob"]
+        forced = torch.randint(2, steps + 1, (B,)) if steps >= 2 else torch.zeros(B, dtype=torch.long)
+        min_steps = torch.where(explore, forced, 0).to(idx.device)
+        out = None
+        total, count = 0.0, 0
+        for s in range(steps):
+            reps = self.train_reps()
+            self.last_reps.append(reps)
+            y, z = self.recurse(x, y.detach(), z.detach(), reps, min(k, reps), rope)
+            logits = self.readout(y, rope)
+            valid = targets != -1
+            seq_loss = token_losses(logits, targets, a["loss_type"]).sum(1) / valid.sum(1).clamp(min=1)
+            with torch.no_grad():
+                solved = ((logits.argmax(-1) == targets) | ~valid).all(1)
+            q = self.q_head(y.mean(1)).squeeze(-1).float()
+            bce = F.binary_cross_entropy_with_logits(q, solved.float(), reduction="none")
+            total = total + (seq_loss + 0.5 * bce).sum()
+            count += rows.numel()
+            halt = ((q.detach() > 0) & (min_steps[rows] <= s + 1)) | (s == steps - 1)
+            out = logits.new_zeros(B, T, logits.size(-1)) if out is None else out
+            out = out.index_put((rows[halt],), logits[halt])
+            keep = ~halt
+            if not keep.any():
+                break
+            rows, x, y, z, targets = rows[keep], x[keep], y[keep], z[keep], targets[keep]
+        return out, total / count
+
+
+class GPT(Recursion, nn.Module):
     def __init__(self, model_args):
         super().__init__()
         a = {**COMMON_CONFIG, **GPT_CONFIG, **model_args}
@@ -255,6 +507,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * a["n_layer"]))
+        if a["loss_type"] not in ("ce", "stablemax"):
+            raise ValueError(f"loss_type={a['loss_type']!r}: use ce or stablemax")
+        if a["recursive"]:
+            self.init_recursion(a)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -277,14 +533,17 @@ class GPT(nn.Module):
 
     def flops_per_token(self, T):
         """Training FLOPs per token (forward + backward), PaLM appendix B as in nanoGPT's estimate_mfu:
-        6 N for the matmuls plus 12 L H Q T for attention scores and values (N without the position table)."""
+        6 N for the matmuls plus 12 L H Q T for attention scores and values (N without the position table).
+        Recursive models count every block application (Recursion.recursive_flops_per_token)."""
         a = self.a
+        if a["recursive"]:
+            return self.recursive_flops_per_token(T)
         n = sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0)
         return 6 * n + 12 * a["n_layer"] * a["n_head"] * (a["n_embd"] // a["n_head"]) * T
 
-    def forward(self, idx, targets=None, *, state=None, return_state=False):
-        B, T = idx.shape
-        past = state["pos"] if state is not None else 0
+    def embed(self, idx, past):
+        """Token (+ learned position) embedding after dropout, and the RoPE tables (or None) for positions past.."""
+        T = idx.size(1)
         if past + T > self.a["block_size"]:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.a['block_size']}")
         x = self.transformer.wte(idx)
@@ -294,24 +553,36 @@ class GPT(nn.Module):
         else:
             cos, sin = rope_tables(self.a["n_embd"] // self.a["n_head"], past + T, self.a["rope_base"], idx.device)
             rope = (cos[past:], sin[past:])
-        x = self.transformer.drop(x)
-        caches = state["layers"] if state is not None else [None] * len(self.transformer.h)
-        for block, cache in zip(self.transformer.h, caches):
-            x = block(x, rope, cache)
-        logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return self.transformer.drop(x), rope
+
+    def loss_fn(self, logits, targets):
+        """Mean loss over targets != -1: cross-entropy, or stable-max cross-entropy (loss_type)."""
+        if self.a["loss_type"] == "ce":
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return token_losses(logits, targets, "stablemax").sum() / (targets != -1).sum()
+
+    def forward(self, idx, targets=None, *, state=None, return_state=False):
+        past = state["pos"] if state is not None else 0
+        if return_state and state is None:
+            raise ValueError("GPT return_state needs a KV cache: pass state=model.new_cache()")
+        if self.a["recursive"]:
+            logits, loss = self.recursive_forward(idx, targets, state, past)
+        else:
+            x, rope = self.embed(idx, past)
+            caches = state["layers"] if state is not None else [None] * len(self.transformer.h)
+            for block, cache in zip(self.transformer.h, caches):
+                x = block(x, rope, cache)
+            logits = self.lm_head(self.transformer.ln_f(x))
+            loss = None if targets is None else self.loss_fn(logits, targets)
         if return_state:
-            if state is None:
-                raise ValueError("GPT return_state needs a KV cache: pass state=model.new_cache()")
-            state["pos"] = past + T
+            state["pos"] = past + idx.size(1)
             return logits, loss, state
         return logits, loss
 
     def new_cache(self):
         """An empty KV cache for forward(state=..., return_state=True)."""
-        return {"pos": 0, "layers": [{} for _ in self.transformer.h]}
+        n = self.block_applications() if self.a["recursive"] else len(self.transformer.h)
+        return {"pos": 0, "layers": [{} for _ in range(n)]}
 
     def crop_block_size(self, block_size):
         """Model surgery: shrink the context (e.g. load a 1024 checkpoint, train at 256)."""
@@ -337,6 +608,8 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Sample with a KV cache. Once the context exceeds block_size the window slides, as in nanoGPT: each
         step then re-prefills the last block_size tokens (with learned positions a cache cannot slide)."""
+        if not self.a["causal"]:
+            raise ValueError("generate() needs a causal model; this one was built with causal=False (puzzles)")
         cache, pending = None, idx
         for _ in range(max_new_tokens):
             if cache is None or cache["pos"] + pending.size(1) > self.a["block_size"]:
