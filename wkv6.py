@@ -149,12 +149,12 @@ extern "C" int wkv6_bwd(int dtype, int N, long long B, long long T, long long H,
     void* gr, void* gk, void* gv, float* gw, float* gu_part, float* gs0, void* stream);
 extern "C" const char* wkv6_error_string(int code);
 
-static void check(const at::Tensor& t, const char* name) {
+static void wkv6_check(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda() && t.is_contiguous(), "wkv6: ", name, " must be a contiguous CUDA tensor");
 }
 std::vector<at::Tensor> fwd(int64_t dtype, at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                             at::Tensor u, at::Tensor s0) {
-  check(r, "r"); check(k, "k"); check(v, "v"); check(w, "w"); check(u, "u"); check(s0, "s0");
+  wkv6_check(r, "r"); wkv6_check(k, "k"); wkv6_check(v, "v"); wkv6_check(w, "w"); wkv6_check(u, "u"); wkv6_check(s0, "s0");
   const c10::cuda::CUDAGuard guard(r.device());
   auto y = at::empty_like(r);
   auto sT = at::empty_like(s0);
@@ -166,8 +166,8 @@ std::vector<at::Tensor> fwd(int64_t dtype, at::Tensor r, at::Tensor k, at::Tenso
 }
 std::vector<at::Tensor> bwd(int64_t dtype, at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                             at::Tensor u, at::Tensor s0, at::Tensor sT, at::Tensor gy, at::Tensor gsT) {
-  check(r, "r"); check(k, "k"); check(v, "v"); check(w, "w"); check(u, "u"); check(s0, "s0");
-  check(sT, "sT"); check(gy, "gy"); check(gsT, "gsT");
+  wkv6_check(r, "r"); wkv6_check(k, "k"); wkv6_check(v, "v"); wkv6_check(w, "w"); wkv6_check(u, "u"); wkv6_check(s0, "s0");
+  wkv6_check(sT, "sT"); wkv6_check(gy, "gy"); wkv6_check(gsT, "gsT");
   const c10::cuda::CUDAGuard guard(r.device());
   auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(r);
   auto gw = at::empty_like(w), gs0 = at::empty_like(s0);
@@ -214,7 +214,7 @@ def _load_cuda():
         mod = cpp_extension.load(
             name='wkv6_ext', sources=[cpp, _CU_PATH], build_directory=build_dir, verbose=False,
             extra_cflags=['-O3'],
-            extra_cuda_cflags=['-O3', '-Xptxas=-O3', '-std=c++17',
+            extra_cuda_cflags=['-O3', '-Xptxas=-O3',
                                f'-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}'])
         _say_once(f"wkv6: CUDA kernel ready in {time.time() - t0:.1f}s (build cache {build_dir})")
         _cuda_state['mod'] = mod

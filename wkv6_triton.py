@@ -34,79 +34,91 @@ import torch
 import triton
 import triton.language as tl
 
+from wkv6 import _check_inputs, _prep_fast
+
 BT_DEFAULT = 16
 
 
-def _configs():
-    # WKV6_TRITON_AUTOTUNE=0 keeps one config (fast compiles in tests); the conftest patch does the
-    # same under the CPU interpreter.
-    cfgs = [triton.Config({}, num_warps=nw, num_stages=ns) for nw in (4, 8) for ns in (2, 1)]
+def _configs(pairs):
+    # WKV6_TRITON_AUTOTUNE=0 keeps the first config (fast compiles in tests); the conftest patch
+    # does the same under the CPU interpreter. First = the best guess from ptxas reports: the
+    # [16,16,BK] intra tiles need ~8 warps to stay (mostly) in registers.
+    cfgs = [triton.Config({}, num_warps=nw, num_stages=ns) for nw, ns in pairs]
     return cfgs[:1] if os.environ.get('WKV6_TRITON_AUTOTUNE', '1') == '0' else cfgs
 
 
-@triton.autotune(configs=_configs(), key=['N', 'BK', 'BV', 'SAVE', 'PREC'])
+@triton.jit
+def _fwd_chunk(cc, NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh, base, b_u,
+               H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               SAVE: tl.constexpr, PREC: tl.constexpr):
+    """One chunk of the forward: returns the state after the chunk (cc: int64 chunk index)."""
+    o_t = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = tl.program_id(1) * BV + tl.arange(0, BV)
+    lower = o_t[:, None] > o_t[None, :]                 # [t, s]: s < t
+    if SAVE:
+        tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S)
+    ot = cc * BT + o_t
+    mt = ot < T
+    row = base + ot * (H * N)
+    p_k = row[:, None] + o_k[None, :]
+    p_v = row[:, None] + o_v[None, :]
+    b_r = tl.load(r + p_k, mask=mt[:, None], other=0.).to(tl.float32)
+    b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
+    b_w = tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32)
+    b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
+    gi = tl.cumsum(b_w, axis=0)
+    ge = gi - b_w
+    glast = tl.sum(b_w, axis=0)
+    e = tl.exp(tl.where(lower[:, :, None], ge[:, None, :] - gi[None, :, :], float('-inf')))
+    A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * e, axis=2)             # [BT, BT]
+    b_y = tl.dot(b_r * tl.exp(ge), b_S, input_precision=PREC)
+    b_y += tl.dot(A, b_v, input_precision=PREC)
+    b_y += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_v
+    tl.store(y + i_k * y_pstride + p_v, b_y, mask=mt[:, None])
+    b_kd = b_k * tl.exp(glast[None, :] - gi)
+    return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
+@triton.autotune(configs=_configs([(8, 2), (8, 1), (4, 2), (4, 1)]), key=['N', 'BK', 'BV', 'SAVE', 'PREC'])
 @triton.jit(do_not_specialize=['T', 'y_pstride'])
 def _wkv6_fwd_kernel(r, k, v, w, u, s0, y, sT, hbuf, T, y_pstride,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr):
+                     BV: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
     i_k = tl.program_id(0)
     i_v = tl.program_id(1)
     i_bh = tl.program_id(2).to(tl.int64)
     i_b = i_bh // H
     i_h = i_bh % H
-    NT = tl.cdiv(T, BT)
-    o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     base = (i_b * T * H + i_h) * N                      # element (b, t=0, h, 0), int64
     st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
-    lower = o_t[:, None] > o_t[None, :]                 # [t, s]: s < t
-
     b_u = tl.load(u + i_h * N + o_k).to(tl.float32)
     b_S = tl.load(s0 + st_off)                          # [BK, BV] fp32
-    for c in range(0, NT):
-        cc = tl.cast(c, tl.int64)
-        if SAVE:
-            tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S)
-        ot = cc * BT + o_t
-        mt = ot < T
-        row = base + ot * (H * N)
-        p_k = row[:, None] + o_k[None, :]
-        p_v = row[:, None] + o_v[None, :]
-        b_r = tl.load(r + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-        b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-        b_w = tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-        b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
-        gi = tl.cumsum(b_w, axis=0)
-        ge = gi - b_w
-        glast = tl.sum(b_w, axis=0)
-        e = tl.exp(tl.where(lower[:, :, None], ge[:, None, :] - gi[None, :, :], float('-inf')))
-        A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * e, axis=2)             # [BT, BT]
-        b_y = tl.dot(b_r * tl.exp(ge), b_S, input_precision=PREC)
-        b_y += tl.dot(A, b_v, input_precision=PREC)
-        b_y += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_v
-        tl.store(y + i_k * y_pstride + p_v, b_y, mask=mt[:, None])
-        b_kd = b_k * tl.exp(glast[None, :] - gi)
-        b_S = b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    if NTI > 0:   # interpreter: Python-int trip count (see _nti)
+        for c in range(0, NTI):
+            b_S = _fwd_chunk(tl.cast(c, tl.int64), NTI, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh,
+                             base, b_u, H, N, BT, BK, BV, SAVE, PREC)
+    else:
+        NT = tl.cdiv(T, BT)
+        for c in range(0, NT):
+            b_S = _fwd_chunk(tl.cast(c, tl.int64), NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh,
+                             base, b_u, H, N, BT, BK, BV, SAVE, PREC)
     tl.store(sT + st_off, b_S)
 
 
-@triton.autotune(configs=_configs(), key=['N', 'BK', 'BV', 'PREC'])
-@triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride'])
-def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_pstride, v_pstride,
-                     H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, PREC: tl.constexpr):
-    i_k = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_bh = tl.program_id(2).to(tl.int64)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    NT = tl.cdiv(T, BT)
+@triton.jit
+def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride,
+               i_k, i_bh, base, b_u,
+               H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               PREC: tl.constexpr):
+    """One chunk of the backward, in reverse order: takes dL/dS at the chunk end, returns it at the
+    chunk start (and the running du)."""
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
+    i_v = tl.program_id(1)
     o_v = i_v * BV + tl.arange(0, BV)
-    base = (i_b * T * H + i_h) * N
-    st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
     lower = o_t[:, None] > o_t[None, :]
     up = tl.where(o_t[None, :] > o_t[:, None], 1., 0.)                  # [tau, t]: t > tau
     lo = tl.where(o_t[None, :] < o_t[:, None], 1., 0.)                  # [tau, s]: s < tau
@@ -114,56 +126,81 @@ def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, k
     p_t = o_p // BT
     p_s = o_p % BT
     span = tl.where((p_s[None, :] < o_t[:, None]) & (o_t[:, None] < p_t[None, :]), 1., 0.)  # [tau, pair]
+    b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
+    ot = cc * BT + o_t
+    mt = ot < T
+    row = base + ot * (H * N)
+    p_k = row[:, None] + o_k[None, :]
+    p_v = row[:, None] + o_v[None, :]
+    b_r = tl.load(r + p_k, mask=mt[:, None], other=0.).to(tl.float32)
+    b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
+    b_w = tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32)
+    b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
+    b_gy = tl.load(gy + p_v, mask=mt[:, None], other=0.).to(tl.float32)
+    gi = tl.cumsum(b_w, axis=0)
+    ge = gi - b_w
+    glast = tl.sum(b_w, axis=0)
+    eg = tl.exp(ge)                                                      # [BT, BK]
+    ekl = tl.exp(glast[None, :] - gi)                                    # [BT, BK]
+    e = tl.exp(tl.where(lower[:, :, None], ge[:, None, :] - gi[None, :, :], float('-inf')))
+    A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * e, axis=2)           # [BT(t), BT(s)]
+    dA = tl.where(lower, tl.dot(b_gy, tl.trans(b_v), input_precision=PREC), 0.)
+    q = dA[:, :, None] * e
+    dqx = tl.dot(b_gy, tl.trans(b_S), input_precision=PREC) * eg        # inter parts, kept apart
+    dkx = tl.dot(b_v, tl.trans(b_G), input_precision=PREC) * ekl        # for dw below
+    dq = tl.sum(q * b_k[None, :, :], axis=1) + dqx                      # state part of dr
+    dks = tl.sum(q * b_r[:, None, :], axis=0) + dkx                     # state part of dk
+    vg = tl.sum(b_v * b_gy, axis=1)                                      # [BT]
+    tl.store(dr + i_v * kv_pstride + p_k, dq + b_u[None, :] * b_k * vg[:, None], mask=mt[:, None])
+    tl.store(dk + i_v * kv_pstride + p_k, dks + b_u[None, :] * b_r * vg[:, None], mask=mt[:, None])
+    b_du += tl.sum(b_r * b_k * vg[:, None], axis=0)
+    b_kd = b_k * ekl
+    b_dv = tl.dot(b_kd, b_G, input_precision=PREC)
+    b_dv += tl.dot(tl.trans(A), b_gy, input_precision=PREC)
+    b_dv += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_gy
+    tl.store(dv + i_k * v_pstride + p_v, b_dv, mask=mt[:, None])
+    # dw_tau = sum over every (source, reader) pair whose decay spans tau, each term carrying its
+    # own decay factor (no difference of large sums, so strong decays keep relative accuracy):
+    #   readers t>tau of the chunk-start state, sources s<tau into the chunk-end state,
+    #   start->end (exp(glast) <S, dS>), and intra pairs s < tau < t (masked contraction).
+    b_dw = tl.dot(up, b_r * dqx, input_precision=PREC)
+    b_dw += tl.dot(lo, b_k * dkx, input_precision=PREC)
+    b_dw += (tl.exp(glast) * tl.sum(b_S * b_G, axis=1))[None, :]
+    m = tl.reshape(q * b_r[:, None, :] * b_k[None, :, :], (BT * BT, BK))
+    b_dw += tl.dot(span, m, input_precision=PREC)
+    tl.store(dw + i_v * kv_pstride + p_k, b_dw, mask=mt[:, None])
+    b_G = b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * eg), b_gy, input_precision=PREC)
+    return b_G, b_du
 
+
+@triton.autotune(configs=_configs([(8, 1), (4, 1), (8, 2)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride'])
+def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_pstride, v_pstride,
+                     H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                     BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
+    i_k = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    base = (i_b * T * H + i_h) * N
+    st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
     b_u = tl.load(u + i_h * N + o_k).to(tl.float32)
     b_G = tl.load(gsT + st_off)                          # dL/dS at the end of the current chunk
     b_du = tl.zeros([BK], dtype=tl.float32)
-    for c2 in range(0, NT):
-        cc = tl.cast(NT - 1 - c2, tl.int64)
-        b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
-        ot = cc * BT + o_t
-        mt = ot < T
-        row = base + ot * (H * N)
-        p_k = row[:, None] + o_k[None, :]
-        p_v = row[:, None] + o_v[None, :]
-        b_r = tl.load(r + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-        b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-        b_w = tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-        b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
-        b_gy = tl.load(gy + p_v, mask=mt[:, None], other=0.).to(tl.float32)
-        gi = tl.cumsum(b_w, axis=0)
-        ge = gi - b_w
-        glast = tl.sum(b_w, axis=0)
-        eg = tl.exp(ge)                                                      # [BT, BK]
-        ekl = tl.exp(glast[None, :] - gi)                                    # [BT, BK]
-        e = tl.exp(tl.where(lower[:, :, None], ge[:, None, :] - gi[None, :, :], float('-inf')))
-        A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * e, axis=2)           # [BT(t), BT(s)]
-        dA = tl.where(lower, tl.dot(b_gy, tl.trans(b_v), input_precision=PREC), 0.)
-        q = dA[:, :, None] * e
-        dqx = tl.dot(b_gy, tl.trans(b_S), input_precision=PREC) * eg        # inter parts, kept apart
-        dkx = tl.dot(b_v, tl.trans(b_G), input_precision=PREC) * ekl        # for dw below
-        dq = tl.sum(q * b_k[None, :, :], axis=1) + dqx                      # state part of dr
-        dks = tl.sum(q * b_r[:, None, :], axis=0) + dkx                     # state part of dk
-        vg = tl.sum(b_v * b_gy, axis=1)                                      # [BT]
-        tl.store(dr + i_v * kv_pstride + p_k, dq + b_u[None, :] * b_k * vg[:, None], mask=mt[:, None])
-        tl.store(dk + i_v * kv_pstride + p_k, dks + b_u[None, :] * b_r * vg[:, None], mask=mt[:, None])
-        b_du += tl.sum(b_r * b_k * vg[:, None], axis=0)
-        b_kd = b_k * ekl
-        b_dv = tl.dot(b_kd, b_G, input_precision=PREC)
-        b_dv += tl.dot(tl.trans(A), b_gy, input_precision=PREC)
-        b_dv += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_gy
-        tl.store(dv + i_k * v_pstride + p_v, b_dv, mask=mt[:, None])
-        # dw_tau = sum over every (source, reader) pair whose decay spans tau, each term carrying its
-        # own decay factor (no difference of large sums, so strong decays keep relative accuracy):
-        #   readers t>tau of the chunk-start state, sources s<tau into the chunk-end state,
-        #   start->end (exp(glast) <S, dS>), and intra pairs s < tau < t (masked contraction).
-        b_dw = tl.dot(up, b_r * dqx, input_precision=PREC)
-        b_dw += tl.dot(lo, b_k * dkx, input_precision=PREC)
-        b_dw += (tl.exp(glast) * tl.sum(b_S * b_G, axis=1))[None, :]
-        m = tl.reshape(q * b_r[:, None, :] * b_k[None, :, :], (BT * BT, BK))
-        b_dw += tl.dot(span, m, input_precision=PREC)
-        tl.store(dw + i_v * kv_pstride + p_k, b_dw, mask=mt[:, None])
-        b_G = b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * eg), b_gy, input_precision=PREC)
+    if NTI > 0:   # interpreter: Python-int trip count (see _nti)
+        for c2 in range(0, NTI):
+            b_G, b_du = _bwd_chunk(tl.cast(NTI - 1 - c2, tl.int64), NTI, b_G, b_du, r, k, v, w, hbuf, gy,
+                                   dr, dk, dv, dw, T, kv_pstride, v_pstride, i_k, i_bh, base, b_u,
+                                   H, N, BT, BK, BV, PREC)
+    else:
+        NT = tl.cdiv(T, BT)
+        for c2 in range(0, NT):
+            b_G, b_du = _bwd_chunk(tl.cast(NT - 1 - c2, tl.int64), NT, b_G, b_du, r, k, v, w, hbuf, gy,
+                                   dr, dk, dv, dw, T, kv_pstride, v_pstride, i_k, i_bh, base, b_u,
+                                   H, N, BT, BK, BV, PREC)
     tl.store(ds0 + st_off, b_G)
     tl.store(du + ((i_v * (tl.num_programs(2) // H) + i_b) * H + i_h) * N + o_k, b_du)
 
@@ -184,6 +221,13 @@ def _blocks(B, H, N):
     return BK, BV
 
 
+def _nti(T):
+    """Under TRITON_INTERPRET, triton 3.6 + numpy >= 2.4 cannot range() over a runtime scalar
+    (deps.md §1 pitfall 7), so the interpreter gets the chunk count as a constexpr; compiled
+    kernels get 0 and compute it from the runtime T (no recompile per T)."""
+    return triton.cdiv(T, BT_DEFAULT) if os.environ.get('TRITON_INTERPRET') == '1' else 0
+
+
 def _prec(dtype):
     return 'ieee' if dtype == torch.float32 else 'tf32'
 
@@ -197,7 +241,7 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     sT = torch.empty_like(s0)
     hbuf = s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,))
     _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, 0 if NK == 1 else B * T * H * N,
-                                      H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, SAVE=save, PREC=_prec(r.dtype))
+                                      H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, SAVE=save, PREC=_prec(r.dtype), NTI=_nti(T))
     if NK > 1:
         y = y.sum(0).to(r.dtype)
     return y, sT, hbuf
@@ -216,7 +260,7 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     ds0 = torch.empty_like(gsT)
     _wkv6_bwd_kernel[(NK, NV, B * H)](r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T,
                                       0 if NV == 1 else B * T * H * N, 0 if NK == 1 else B * T * H * N,
-                                      H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=_prec(r.dtype))
+                                      H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=_prec(r.dtype), NTI=_nti(T))
     if NV > 1:
         dr, dk, dw = dr.sum(0).to(r.dtype), dk.sum(0).to(r.dtype), dw.sum(0)
     if NK > 1:
@@ -274,7 +318,6 @@ _tri_fwd.register_autograd(_tri_backward, setup_context=_tri_setup)
 
 def wkv6_triton(r, k, v, w, u, state=None):
     """Triton WKV-6; same contract as wkv6.wkv6 (y in r.dtype, fp32 final state)."""
-    from wkv6 import _check_inputs, _prep_fast
     _check_inputs(r, k, v, w, u, state)
     N = r.shape[-1]
     if N < 16 or N > 128 or N & (N - 1):
@@ -287,6 +330,184 @@ def wkv6_triton(r, k, v, w, u, state=None):
     return y, sT
 
 
-if __name__ == '__main__' and '--bench' in sys.argv:
-    from wkv6_bench import main as _bench_main
-    _bench_main(sys.argv[1:])
+# ----------------------------------------------------------------------------------------------
+# benchmark:  python wkv6_triton.py --bench [--out=DIR] [--deadline_s=SECONDS]
+
+BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4)]   # (B, T, H), N=64, bf16
+# extra Triton (BK, BV) splits tried per shape after the defaults, while time remains
+BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64'], 3: ['16,16', '32,16']}
+
+
+def _time_ms(fn, reps, warmup=3):
+    """Per-repeat CUDA-event times (ms) after `warmup` untimed calls (autotune/compile land there)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def bench(argv):
+    import json
+    import platform
+    import subprocess
+    import time
+    import wkv6 as W
+    opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+    out_dir = opts.get('out', 'results')
+    deadline = time.time() + float(opts.get('deadline_s', 1e9))
+    reps = int(opts.get('reps', 20))
+    os.makedirs(out_dir, exist_ok=True)
+    dev = 'cuda'
+    seed = 1234
+    torch.manual_seed(seed)
+
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
+        except Exception:
+            return ''
+    sha = os.environ.get('WKV6_GIT_SHA') or sh('git rev-parse HEAD')
+    dirty = os.environ.get('WKV6_GIT_DIRTY') or ('1' if sh('git status --porcelain -- wkv6.py wkv6_triton.py wkv6.cu') else '0')
+    meta = {
+        'command': ' '.join([sys.executable] + sys.argv), 'git_sha': sha, 'git_dirty': dirty == '1',
+        'device': torch.cuda.get_device_name(), 'driver': sh('nvidia-smi --query-gpu=driver_version --format=csv,noheader'),
+        'torch': torch.__version__, 'triton': triton.__version__, 'python': platform.python_version(),
+        'cuda_runtime': torch.version.cuda, 'seed': seed, 'reps': reps, 'N': 64, 'dtype': 'bf16',
+        'timing': 'CUDA events around each call, 3 warm-up calls excluded; medians of per-repeat ms',
+    }
+    print(f"device: {meta['device']}  driver {meta['driver']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
+
+    # measured device copy bandwidth (bytes read + written) for the I/O floor
+    x = torch.empty(2 ** 28, dtype=torch.float32, device=dev).normal_()
+    yb = torch.empty_like(x)
+    cp = _time_ms(lambda: yb.copy_(x), 10)
+    bw = 2 * x.numel() * 4 / (_median(cp) * 1e-3)
+    meta['copy_bandwidth_GBps'] = bw / 1e9
+    del x, yb
+
+    impls = {'torch_chunked': lambda *a: W.wkv6_torch_chunked(*a), 'triton': wkv6_triton, 'cuda': W.wkv6_cuda}
+    try:
+        from fla.ops.rwkv6 import chunk_rwkv6
+
+        def fla_fn(r, k, v, w, u, s0):
+            return chunk_rwkv6(r, k, v, w, u, scale=1.0, initial_state=s0, output_final_state=True)
+        impls['fla_chunk_rwkv6'] = fla_fn
+        import fla
+        meta['fla'] = getattr(fla, '__version__', '?')
+    except Exception as e:
+        meta['fla'] = f'not importable: {type(e).__name__}: {e}'
+    results = []
+
+    def one(shape_i, name, fn, label=None):
+        B, T, H = BENCH_SHAPES[shape_i]
+        N = 64
+        g = torch.Generator(device=dev).manual_seed(seed + shape_i)
+        sets = []
+        for _ in range(2):   # two input sets, alternated, so small shapes are not timed out of L2
+            r, k, v = (torch.randn(B, T, H, N, device=dev, generator=g).to(torch.bfloat16) for _ in range(3))
+            w = -torch.exp(-1 + 0.5 * torch.randn(B, T, H, N, device=dev, generator=g))
+            u = torch.randn(H, N, device=dev, generator=g)
+            s0 = torch.randn(B, H, N, N, device=dev, generator=g)
+            sets.append([r, k, v, w, u, s0])
+        gy = torch.randn(B, T, H, N, device=dev, generator=g).to(torch.bfloat16)
+        gs = torch.randn(B, H, N, N, device=dev, generator=g)
+        n_el = B * T * H * N
+        io_fwd = n_el * (3 * 2 + 4 + 2) + 2 * B * H * N * N * 4
+        io_fb = io_fwd + n_el * (3 * 2 + 4 + 2 + 3 * 2 + 4) + 2 * B * H * N * N * 4
+        rec = {'shape': [B, T, H, N], 'impl': label or name, 'io_floor_fwd_ms': io_fwd / bw * 1e3,
+               'io_floor_fwdbwd_ms': io_fb / bw * 1e3}
+        it = [0]
+
+        def fwd():
+            it[0] ^= 1
+            with torch.no_grad():
+                fn(*sets[it[0]])
+
+        grad_sets = [[t.detach().clone().requires_grad_() for t in st] for st in sets]
+
+        def fwdbwd():
+            it[0] ^= 1
+            xs = grad_sets[it[0]]
+            for t in xs:
+                t.grad = None
+            y, s = fn(*xs)
+            torch.autograd.backward([y, s], [gy, gs])
+        try:
+            t0 = time.time()
+            rec['fwd_ms'] = _time_ms(fwd, reps)
+            rec['fwdbwd_ms'] = _time_ms(fwdbwd, reps)
+            rec['fwd_median_ms'] = _median(rec['fwd_ms'])
+            rec['fwdbwd_median_ms'] = _median(rec['fwdbwd_ms'])
+            rec['wall_s'] = time.time() - t0
+            try:
+                with torch.no_grad():   # sanity: same answer as the CUDA kernel on these inputs
+                    ya, sa = fn(*sets[0])
+                    yb_, sb = W.wkv6_cuda(*sets[0])
+                    rec['y_rel_vs_cuda'] = ((ya.float() - yb_.float()).norm() / yb_.float().norm()).item()
+                    rec['state_rel_vs_cuda'] = ((sa.float() - sb.float()).norm() / sb.float().norm()).item()
+            except Exception as e:
+                rec['y_rel_vs_cuda'] = float('nan')
+                rec['compare_error'] = f"{type(e).__name__}: {str(e)[:200]}"
+            print(f"{str((B, T, H)):>16} {rec['impl']:>22}: fwd {rec['fwd_median_ms']:8.3f} ms   fwd+bwd "
+                  f"{rec['fwdbwd_median_ms']:8.3f} ms   (floor {rec['io_floor_fwd_ms']:.3f} / {rec['io_floor_fwdbwd_ms']:.3f})"
+                  f"  y_rel_vs_cuda {rec['y_rel_vs_cuda']:.1e}", flush=True)
+        except Exception as e:
+            rec['error'] = f"{type(e).__name__}: {str(e)[:500]}"
+            print(f"{str((B, T, H)):>16} {rec['impl']:>22}: ERROR {rec['error']}", flush=True)
+        results.append(rec)
+        del sets, grad_sets
+        torch.cuda.empty_cache()
+
+    def save():
+        path = os.path.join(out_dir, 'wkv6_bench.json')
+        with open(path, 'w') as f:
+            json.dump({'meta': meta, 'results': results}, f, indent=1)
+        return path
+
+    for si, (B, T, H) in enumerate(BENCH_SHAPES):
+        for name, fn in impls.items():
+            if time.time() > deadline:
+                break
+            if name == 'torch_chunked' and B * H * T > 300_000:
+                continue   # ~B*H*T*16*64*4 bytes per autograd temporary: too large to be worth timing
+            os.environ.pop('WKV6_TRITON_BLOCKS', None)
+            label = name
+            if name == 'triton':
+                label = 'triton[%d,%d]' % _blocks(B, H, 64)
+            one(si, name, fn, label)
+        save()
+    for si in range(len(BENCH_SHAPES)):
+        for var in BENCH_VARIANTS.get(si, []):
+            if time.time() > deadline:
+                break
+            os.environ['WKV6_TRITON_BLOCKS'] = var
+            one(si, 'triton', wkv6_triton, f'triton[{var}]')
+            save()
+    os.environ.pop('WKV6_TRITON_BLOCKS', None)
+    path = save()
+    print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
+    for rcd in results:
+        if 'error' not in rcd:
+            print(f"  {str(tuple(rcd['shape'][:3])):>16} {rcd['impl']:>22} {rcd['fwd_median_ms']:8.3f} {rcd['fwdbwd_median_ms']:8.3f}")
+    print("wrote", path)
+
+
+if __name__ == '__main__':
+    if '--bench' in sys.argv:
+        bench(sys.argv[1:])
+    else:
+        print("usage: python wkv6_triton.py --bench [--out=DIR] [--deadline_s=S] [--reps=R]")
