@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The spine's headline numbers in one command of < 10 minutes on one CUDA GPU (stateless box, no network):
+#   prepare shakespeare_char from CORPUS -> train config/shakespeare_char.py (unchanged; bf16 + compile, the CUDA
+#   defaults) for seeds 0 1 2 -> bench.py --what=runs (best val, wall time to val 1.47, median tok/s over iters
+#   100-300) -> bench.py --what=generate (GPT prefill/decode speed; a fresh model of the config: speed only).
+# Writes ONLY results JSON, metrics JSONL and loss PNGs to OUT_DIR (8 files, flat), also when a step fails.
+#
+#   bash scripts/device_spine.sh path/to/tinyshakespeare.txt OUT_DIR          (OUT_DIR defaults to $OUT)
+#   bash scripts/device_spine.sh --smoke CORPUS OUT_DIR                       (CPU, tiny model, 20 iters: tests it)
+# Env: PYTHON (default python3), RUN_TIMEOUT (s per training run, default 165: SIGTERM, then train.py stops
+# cleanly and its metrics are summarised as they stand), TOTAL_BUDGET (s, default 540: a run that would not fit is
+# skipped), SEEDS (default "0 1 2"), GATE (default "tok_s>=1.4e6,best_val<=1.47", checked only on GATE_DEVICE, default the H100 string).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0
+if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
+corpus=${1:?usage: bash scripts/device_spine.sh [--smoke] CORPUS OUT_DIR}
+out=${2:-${OUT:-}}
+[ -n "$out" ] || { echo "error: give OUT_DIR (or set OUT)" >&2; exit 2; }
+[ -f "$corpus" ] || { echo "error: corpus $corpus not found; pass the path of tinyshakespeare.txt" >&2; exit 2; }
+PY=${PYTHON:-python3}
+RUN_TIMEOUT=${RUN_TIMEOUT:-165}
+TOTAL_BUDGET=${TOTAL_BUDGET:-540}
+SEEDS=${SEEDS:-0 1 2}
+GATE=${GATE-tok_s>=1.4e6,best_val<=1.47}
+GATE_DEVICE=${GATE_DEVICE:-NVIDIA H100 80GB HBM3}
+mkdir -p "$out"
+work=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+if [ $smoke = 1 ]; then
+  # a tiny model on the CPU; same pipeline, same commands otherwise
+  tiny=(--device=cpu --compile=False --dtype=float32 --n_layer=1 --n_head=2 --n_embd=32 --block_size=32 --batch_size=4)
+  train_extra=("${tiny[@]}" --max_iters=20 --eval_interval=10 --eval_iters=2 --log_interval=1 --warmup_iters=2 --lr_decay_iters=20)
+  gen_extra=("${tiny[@]}" --ctx=8 --gen_tokens=8 --gen_batch=1,2 --gen_repeats=1)
+  window=0,20; target=4.0; name=shakespeare_char_smoke
+else
+  train_extra=()
+  gen_extra=(--ctx=128 --gen_tokens=128 --gen_batch=1,16,64 --gen_repeats=5)
+  window=100,300; target=1.47; name=shakespeare_char
+fi
+
+collect() {  # whatever exists, flat, into $out: 2 JSON + 3 JSONL + 3 PNG = 8 files at most
+  local day; day=$(date -u +%F)
+  for s in $SEEDS; do
+    [ -f "$work/s$s/metrics.jsonl" ] && cp "$work/s$s/metrics.jsonl" "$out/${day}_${name}_metrics_s$s.jsonl"
+    [ -f "$work/s$s/loss.png" ] && cp "$work/s$s/loss.png" "$out/${day}_${name}_loss_s$s.png"
+  done
+  cp "$work"/results/*.json "$out"/ 2>/dev/null
+  rm -rf "$work"
+  echo "[spine] $(ls "$out" | wc -l) files in $out after ${SECONDS}s:"; ls -l "$out"
+}
+trap collect EXIT
+
+echo "[spine] $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) on $($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
+$PY prepare.py --source=shakespeare --input="$corpus" --data_dir="$work/data" || { echo "[spine] prepare failed" >&2; exit 1; }
+
+metrics=()
+for s in $SEEDS; do
+  if [ $((SECONDS + RUN_TIMEOUT)) -gt "$TOTAL_BUDGET" ]; then
+    echo "[spine] seed $s skipped: ${SECONDS}s used, a run may take ${RUN_TIMEOUT}s, budget ${TOTAL_BUDGET}s" >&2
+    continue
+  fi
+  t=$SECONDS
+  timeout -s TERM -k 30 "$RUN_TIMEOUT" $PY train.py config/shakespeare_char.py --seed=$s --out_dir="$work/s$s" \
+      --data_dir="$work/data" "${train_extra[@]}" > "$work/train_s$s.log" 2>&1
+  rc=$?
+  [ $rc = 124 ] && echo "[spine] seed $s hit RUN_TIMEOUT=${RUN_TIMEOUT}s: stopped by SIGTERM, summarised as it stands" >&2
+  grep -E "^(model|global batch|eval|done|error)" "$work/train_s$s.log" | tail -n 4
+  echo "[spine] seed $s: rc $rc, $((SECONDS - t))s"
+  [ $rc != 0 ] && [ $rc != 124 ] && tail -n 30 "$work/train_s$s.log" >&2
+  [ -f "$work/s$s/metrics.jsonl" ] && metrics+=("$work/s$s/metrics.jsonl")
+done
+
+status=0
+if [ ${#metrics[@]} -gt 0 ]; then
+  $PY bench.py --what=runs --metrics="$(IFS=,; echo "${metrics[*]}")" --target=$target --tok_window=$window \
+      --gate="$GATE" --gate_device="$GATE_DEVICE" --name=$name --out="$work/results" || status=1
+else
+  echo "[spine] no metrics to summarise" >&2; status=1
+fi
+timeout -s TERM 90 $PY bench.py config/shakespeare_char.py --what=generate --data_dir="$work/data" "${gen_extra[@]}" \
+    --name=${name}_generate --out="$work/results" 2>&1 | grep -v "^Overriding" || status=1
+[ ${#metrics[@]} = $(echo $SEEDS | wc -w) ] || status=1
+exit $status

@@ -1,0 +1,268 @@
+"""The README's results section, generated from results/*.json (written by bench.py), and its check.
+
+    python scripts/make_tables.py            # rewrite README.md between the results markers
+    python scripts/make_tables.py --check    # exit 1 if a README number has no source, or the section is stale
+
+Every table row cites the results file it was read from, and the section lists each file's exact command.
+check_readme() is what tests/test_readme_numbers.py runs: every number in a results-table row must equal (at the
+precision printed) a value in the file that row cites, the cited file must exist, and its command must appear in
+the README. A number typed in by hand is caught by the first rule; a stale section by comparing with render().
+"""
+import json
+import math
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+HOWTO = """\
+### Reproducing these numbers on a GPU box
+
+Every number below comes from a `results/<date>_<name>.json` file written by `bench.py`, which records the exact
+command, git sha (and whether the tree was dirty), device name, driver, torch / triton / Python versions, seeds,
+configs, the raw per-step or per-repeat numbers and the summary. A number belongs to the device it was measured on.
+
+GPU machines are often stateless and hand back only a few small files, so one script does a whole measurement
+inside one command of under 10 minutes and writes nothing but results JSON, metrics JSONL and loss-curve PNGs
+(8 files at most) to an output folder. On a CUDA machine with torch installed, from the repository root:
+
+```
+bash scripts/device_spine.sh path/to/tinyshakespeare.txt OUT_DIR
+```
+
+It prepares `shakespeare_char` from that copy of the corpus (no network), trains `config/shakespeare_char.py`
+unchanged for seeds 0, 1, 2 (bf16 + compile, the CUDA defaults), summarises the three runs with
+`bench.py --what=runs` (best val, wall time to val 1.47, median tok/s over iterations 100–300) and times GPT
+generation with `bench.py --what=generate`. To bring the results back, copy `OUT_DIR/*.json`,
+`OUT_DIR/*.jsonl` (and the PNGs if wanted) into `results/`, run `python scripts/make_tables.py` to regenerate
+this section, and `python -m pytest tests/test_readme_numbers.py` to check it. `bash scripts/device_spine.sh
+--smoke CORPUS OUT_DIR` runs the same pipeline on a CPU in seconds (tiny model, 20 iterations) to test it.
+"""
+
+NUM_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
+LINK_RE = re.compile(r"\[[^\]]*\]\((results/[^)]+\.json)\)")
+
+
+# ---- formatting (the checker parses what these print) ----------------------------------------------------------
+def sig(x, digits=4):
+    """`digits` significant digits, thousands separated, never in exponent form."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool) or isinstance(x, int):
+        return f"{x:,}"
+    if x == 0 or not math.isfinite(x):
+        return f"{x}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
+
+
+def fixed(x, decimals):
+    return "–" if x is None else f"{x:,.{decimals}f}"
+
+
+def mean_std_range(s, f):
+    if not s:
+        return "–"
+    if s["n"] == 1:
+        return f(s["mean"])
+    return f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])}–{f(s['max'])})"
+
+
+def link(rel):
+    return f"[{os.path.basename(rel)}]({rel})"
+
+
+def backends(b):
+    return ", ".join(f"{k}={v}" for k, v in (b or {}).items() if k not in ("device_type", "dtype", "compile"))
+
+
+# ---- rendering --------------------------------------------------------------------------------------------------
+def load_results(results_dir):
+    docs = []
+    if not os.path.isdir(results_dir):
+        return docs
+    for fn in sorted(os.listdir(results_dir)):
+        if fn.endswith(".json"):
+            with open(os.path.join(results_dir, fn)) as f:
+                docs.append((f"results/{fn}", json.load(f)))
+    return docs
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render(results_dir):
+    docs = load_results(results_dir)
+    parts = [HOWTO]
+    by = lambda what: [(rel, d) for rel, d in docs if d.get("what") == what]  # noqa: E731
+    runs = by("runs")
+    if runs:
+        rows = []
+        for rel, d in runs:
+            s = d["summary"]
+            v4 = lambda x: fixed(x, 4)  # noqa: E731
+            v1 = lambda x: fixed(x, 1)  # noqa: E731
+            rows.append([d["name"], s["device_name"], ", ".join(str(x) for x in s["seeds"]),
+                         mean_std_range(s["best_val"], v4), f"{s['reached_target']}/{s['runs']} ≤ {s['target']}",
+                         mean_std_range(s["wall_to_target_s"], v1),
+                         mean_std_range(s["tok_s"], lambda x: fixed(x, 0)) +
+                         f" (iters {s['tok_window'][0]}–{s['tok_window'][1]})",
+                         mean_std_range(s["train_time_s"], v1), link(rel)])
+        parts.append("### Training runs\n\nBest val loss over the run's evals; wall time = training time (eval and "
+                     "checkpointing excluded) at the first eval at or below the target; tok/s = median of the logged "
+                     "steps in the iteration window, then mean ± std (min–max) over the runs (std: n−1).\n\n" +
+                     table(["runs", "device", "seeds", "best val loss", "reached", "wall to target (s)", "tok/s",
+                            "total train time (s)", "results"], rows))
+    train = by("train")
+    if train:
+        rows = []
+        for rel, d in train:
+            for r in d["summary"]["rows"]:
+                rows.append([r["config"], r["T"], f"{r['batch_size']} × {r['grad_accum']}",
+                             f"{fixed(r['tok_s_median'], 0)} ({fixed(r['tok_s_min'], 0)}–{fixed(r['tok_s_max'], 0)})",
+                             fixed(r["window_tok_s"], 0), sig(r["step_ms_median"]), sig(r["mem_peak_mb"]),
+                             f"{r['backends']['dtype']}, compile={r['backends']['compile']}",
+                             backends(r["backends"]), d["summary"]["device_name"], link(rel)])
+        parts.append("### Training throughput (bench.py)\n\nMedian (min–max) per-step tok/s of the timed window "
+                     "(warm-up excluded, data sampling included, no eval), and the window's tokens / wall time.\n\n" +
+                     table(["config", "T", "batch × accum", "tok/s median (min–max)", "window tok/s", "step ms",
+                            "peak MiB", "precision", "backends", "device", "results"], rows))
+    gen = by("generate")
+    if gen:
+        rows = []
+        for rel, d in gen:
+            for r in d["summary"]["rows"]:
+                rows.append([r["config"], r["ctx"], r["batch"], r["gen_tokens"], r["path"],
+                             fixed(r["prefill_tok_s"], 0), fixed(r["decode_tok_s"], 0), sig(r["decode_ms_per_token"]),
+                             fixed(r["generate_tok_s"], 0), d["summary"]["device_name"], link(rel)])
+        parts.append("### Generation speed (bench.py --what=generate)\n\nPrefill = one forward over the batch × ctx "
+                     "prompt; decode = single-token steps from the cache/state, sampling included; generate = "
+                     "model.generate end to end (1 prefill + the decode steps). Freshly initialised weights: speed "
+                     "only. Median over repeats.\n\n" +
+                     table(["config", "ctx", "batch", "new tokens", "path", "prefill tok/s", "decode tok/s",
+                            "decode ms/token", "generate tok/s", "device", "results"], rows))
+    kern = by("kernel")
+    if kern:
+        chunks = []
+        for rel, d in kern:
+            rows = d["summary"].get("rows", [])
+            keys = [k for k in (rows[0] if rows else {}) if not isinstance(rows[0][k], (dict, list))]
+            chunks.append(table(keys + ["device", "results"],
+                                [[sig(r[k]) if isinstance(r[k], (int, float)) else r[k] for k in keys] +
+                                 [d["summary"]["device_name"], link(rel)] for r in rows]))
+        parts.append("### Kernels (bench.py --what=kernel)\n\n" + "\n\n".join(chunks))
+    if docs:
+        parts.append("### Commands\n\n" + "\n".join(f"- {link(rel)}: `{d['command']}` (git {str(d['git'].get('sha'))[:10]}"
+                                                  f"{', dirty tree' if d['git'].get('dirty') else ''})"
+                                                  for rel, d in docs))
+    else:
+        parts.append("No results yet.")
+    return "\n\n".join(parts) + "\n"
+
+
+def section(text):
+    """The text between the markers, or None when the README has no results section."""
+    if BEGIN not in text:
+        return None
+    if END not in text.split(BEGIN, 1)[1]:
+        raise ValueError(f"README has {BEGIN} but no {END} after it")
+    return text.split(BEGIN, 1)[1].split(END, 1)[0]
+
+
+def update_readme(readme, results_dir):
+    text = open(readme).read()
+    if section(text) is None:
+        raise SystemExit(f"error: {readme} has no {BEGIN} ... {END} markers; add them where the tables belong")
+    head, rest = text.split(BEGIN, 1)
+    new = head + BEGIN + "\n" + render(results_dir) + END + rest.split(END, 1)[1]
+    with open(readme, "w") as f:
+        f.write(new)
+
+
+# ---- checking ---------------------------------------------------------------------------------------------------
+def json_numbers(x, out):
+    """Every number in a results file: JSON numbers, and numbers written inside strings (device names, commands)."""
+    if isinstance(x, bool):
+        out.append(float(x))
+    elif isinstance(x, (int, float)):
+        out.append(float(x))
+    elif isinstance(x, str):
+        out.extend(float(m.replace(",", "")) for m in NUM_RE.findall(x))
+    elif isinstance(x, dict):
+        for v in x.values():
+            json_numbers(v, out)
+    elif isinstance(x, list):
+        for v in x:
+            json_numbers(v, out)
+    return out
+
+
+def matches(token, values):
+    """Does the printed number `token` equal some value at the precision it was printed with?"""
+    v = float(token.replace(",", ""))
+    decimals = len(token.split(".")[1]) if "." in token else 0
+    tol = 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12
+    return any(abs(x - v) <= tol for x in values)
+
+
+def check_readme(text, results_dir):
+    """Problems with the README's results section (empty list: all good)."""
+    sec = section(text)
+    if sec is None:
+        return []
+    problems, cache = [], {}
+    lines = sec.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("|") or _is_separator(line):
+            continue
+        if i + 1 < len(lines) and _is_separator(lines[i + 1]):
+            continue  # a table's header row
+        cited = LINK_RE.findall(line)
+        if not cited:
+            problems.append(f"table row cites no results file: {line.strip()}")
+            continue
+        rel = cited[0]
+        if rel not in cache:
+            path = os.path.join(os.path.dirname(os.path.abspath(results_dir)), rel)
+            if not os.path.exists(path):
+                problems.append(f"{rel} (cited in the README) does not exist")
+                cache[rel] = None
+            else:
+                with open(path) as f:
+                    doc = json.load(f)
+                cache[rel] = json_numbers(doc, [])
+                if not doc.get("command") or f"`{doc['command']}`" not in text:
+                    problems.append(f"the command of {rel} is not in the README: {doc.get('command')}")
+        if cache[rel] is None:
+            continue
+        for n in NUM_RE.findall(LINK_RE.sub("", line)):
+            if not matches(n, cache[rel]):
+                problems.append(f"{n} in README row '{line.strip()[:80]}' is not a value in {rel}")
+    return problems
+
+
+def _is_separator(line):
+    return line.startswith("|") and set(line.strip()) <= set("|-: ")
+
+
+def main(argv):
+    readme, results_dir = os.path.join(ROOT, "README.md"), os.path.join(ROOT, "results")
+    if "--check" in argv:
+        text = open(readme).read()
+        problems = check_readme(text, results_dir)
+        if section(text) is not None and section(text).strip() != render(results_dir).strip():
+            problems.append("README results section is stale: run python scripts/make_tables.py")
+        print("\n".join(problems) or "README results section OK")
+        return 1 if problems else 0
+    update_readme(readme, results_dir)
+    print(f"rewrote the results section of {readme} from {results_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
