@@ -170,14 +170,15 @@ def spread(xs):
 
 
 # ---- results files ----------------------------------------------------------------------------------------------
-def write_results(out_dir, name, what, device, seeds, configs, raw, summary, notes=(), prov=None):
-    """results/<UTC date>_<name>.json. `summary` must carry device_name (the device the numbers belong to)."""
+def write_results(out_dir, name, what, device, seeds, configs, raw, summary, notes=(), prov=None, argv=None):
+    """results/<UTC date>_<name>.json. `summary` must carry device_name (the device the numbers belong to).
+    `argv`: bench.py's arguments (default sys.argv[1:]); the command is recorded as `<python> bench.py ARGS`."""
     prov = prov or provenance(device)
     summary = dict(summary)
     summary.setdefault("device_name", prov["device_name"])
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or what
     # the command re-quoted (provenance joins argv with spaces, which breaks --gate_device="NVIDIA H100 ...")
-    command = shlex.join([os.path.basename(sys.executable)] + sys.argv)
+    command = shlex.join([os.path.basename(sys.executable), "bench.py", *(sys.argv[1:] if argv is None else argv)])
     doc = dict(schema=SCHEMA, what=what, name=name, command=command, git=prov["git"],
                device=prov["device"], device_name=prov["device_name"], driver=prov.get("driver"),
                cuda=prov.get("cuda"), versions=prov["versions"], seeds=list(seeds), configs=configs,
@@ -578,7 +579,7 @@ def main(argv):
         raw, summary, seeds, notes = run_runs(opts)
         path = write_results(opts["out"], opts["name"] or "runs", "runs", "cpu", seeds,
                              {r["metrics"]: r["config"] for r in raw}, raw, summary, notes,
-                             prov=runs_provenance(raw))
+                             prov=runs_provenance(raw), argv=argv)
         s = summary
         print(f"[bench] {s['runs']} runs on {s['device_name']}: best val {s['best_val']['mean']:.4f} ± "
               f"{s['best_val']['std']:.4f}; reached {opts['target']}: {s['reached_target']}/{s['runs']}")
@@ -587,7 +588,7 @@ def main(argv):
         print(f"[bench] wrote {path}")
         return path
     if opts["what"] == "kernel":
-        return run_kernel(opts, files + overrides)
+        return run_kernel(opts, files + overrides, argv)
     if not files:
         raise BenchError("name at least one config file, e.g. python bench.py config/shakespeare_char.py")
     used = set()
@@ -614,12 +615,12 @@ def main(argv):
     summary["data"] = dict(dataset=dataset, meta_sha256=datas[dataset].meta["meta_sha256"],
                            train_tokens=len(datas[dataset].train))
     path = write_results(opts["out"], opts["name"] or "_".join(labels) + f"_{opts['what']}", opts["what"], device,
-                         seeds, dict(zip(labels, cfgs)), raw, summary, notes)
+                         seeds, dict(zip(labels, cfgs)), raw, summary, notes, argv=argv)
     print(f"[bench] wrote {path}")
     return path
 
 
-def run_kernel(opts, rest):
+def run_kernel(opts, rest, argv):
     """The kernels issue owns the WKV timer (wkv6_bench.py); it returns {config, raw, summary[, notes]} and the
     results file is written here, in the one format."""
     try:
@@ -633,7 +634,7 @@ def run_kernel(opts, rest):
     device = res.get("device", "cuda" if torch.cuda.is_available() else "cpu")
     path = write_results(opts["out"], opts["name"] or "wkv6_kernel", "kernel", device,
                          int_list(opts["seeds"], "seeds"), res.get("config", {}), res["raw"], res["summary"],
-                         res.get("notes", ()))
+                         res.get("notes", ()), argv=argv)
     print(f"[bench] wrote {path}")
     return path
 

@@ -53,7 +53,7 @@ collect() {  # whatever exists, flat, into $out: 2 JSON + 3 JSONL + 3 PNG = 8 fi
 }
 trap collect EXIT
 
-echo "[spine] $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null) on $($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
+echo "[spine] $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null || echo none); $(nvidia-smi -L 2>/dev/null | head -n 1 || echo no nvidia-smi)"
 $PY prepare.py --source=shakespeare --input="$corpus" --data_dir="$work/data" || { echo "[spine] prepare failed" >&2; exit 1; }
 
 metrics=()

@@ -1,0 +1,255 @@
+"""bench.py's measurement protocol on CPU: warm-up and eval excluded from the timed numbers, identical inputs for
+configs timed together, complete provenance in results files, runs-mode statistics, the one-command device script."""
+import glob
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+import bench
+import model as M
+from conftest import PY, ROOT, TINY, run_py
+
+CPU = ["--device=cpu", "--compile=False", "--dtype=float32"]
+SMALL = CPU + ["--n_layer=1", "--n_head=2", "--n_embd=32", "--dropout=0.0"]
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def test_train_defaults_match_train_py():
+    """bench.py reads train.py's defaults from its source; they must be exactly what train.py --help lists."""
+    p = run_py(["train.py", "--help"])
+    listed = {}
+    for line in p.stdout.splitlines():
+        if line.strip().startswith("--"):
+            key, val = line.strip()[2:].split("=", 1)
+            listed[key.strip()] = val.strip()
+    # train.py imports FORMAT_VERSION (an int) from checkpoint.py, so configure() lists it as a key: not a config key
+    listed.pop("FORMAT_VERSION", None)
+    ours = {**M.COMMON_CONFIG, **M.all_family_configs(), **bench.train_defaults()}
+    assert set(ours) == set(listed), (set(ours) ^ set(listed))
+    assert {k: repr(v) for k, v in ours.items()} == listed
+
+
+def _hash_windows(monkeypatch):
+    """Record a sha256 of every (x, y) batch each measure_train call draws."""
+    seen = []
+    orig_windows, orig_measure = bench.Data.windows, bench.measure_train
+
+    def windows(self, offs, T):
+        x, y = orig_windows(self, offs, T)
+        seen[-1][1].append(hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest())
+        return x, y
+
+    def measure(cfg, data, T, batch, accum, steps, warmup, seed):
+        seen.append(((cfg["pos_emb"], T, seed), []))
+        return orig_measure(cfg, data, T, batch, accum, steps, warmup, seed)
+    monkeypatch.setattr(bench.Data, "windows", windows)
+    monkeypatch.setattr(bench, "measure_train", measure)
+    return seen
+
+
+def test_two_configs_same_inputs_and_provenance(tiny_data, tmp_path, monkeypatch):
+    seen = _hash_windows(monkeypatch)
+    path = bench.main(["config/quickstart.py", "config/gpt_8m.py", *SMALL, f"--data_dir={tiny_data}",
+                       "--dataset=stdlib_char", "--T=16,32", "--tokens_per_step=64", "--steps=2", "--warmup=1",
+                       "--seeds=0,1", f"--out={tmp_path}", "--name=pair"])
+    assert os.path.basename(path).endswith("_pair.json")
+    # the two configs really differ (learned vs rope positions) but drew the same batches, call by call
+    by_key = {}
+    for (pos, T, seed), hashes in seen:
+        by_key.setdefault((T, seed), {})[pos] = hashes
+    assert len(by_key) == 4
+    for key, d in by_key.items():
+        assert set(d) == {"learned", "rope"} and d["learned"] == d["rope"] and len(d["rope"]) == 1 + 1 + 2, key
+    assert by_key[(16, 0)]["rope"] != by_key[(16, 1)]["rope"]  # the check can fail: another seed, other windows
+    doc = json.load(open(path))
+    for k in ("command", "git", "device", "device_name", "driver", "cuda", "versions", "seeds", "configs", "raw",
+              "summary", "schema", "what", "created_utc"):
+        assert k in doc, k
+    assert doc["command"].split()[1:3] == ["bench.py", "config/quickstart.py"] and "--seeds=0,1" in doc["command"]
+    assert set(doc["git"]) == {"sha", "dirty"} and doc["git"]["sha"]
+    assert {"python", "torch", "triton"} <= set(doc["versions"]) and doc["seeds"] == [0, 1]
+    assert doc["summary"]["device_name"] == doc["device_name"] and doc["device_name"].startswith("cpu")
+    assert set(doc["configs"]) == {"quickstart", "gpt_8m"} and doc["configs"]["gpt_8m"]["pos_emb"] == "rope"
+    rows = doc["summary"]["rows"]
+    assert [(r["config"], r["T"], r["batch_size"]) for r in rows] == [
+        ("quickstart", 16, 4), ("quickstart", 32, 2), ("gpt_8m", 16, 4), ("gpt_8m", 32, 2)]
+    for r in rows:
+        raws = [x for x in doc["raw"][r["config"]] if x["T"] == r["T"]]
+        steps = [t for x in raws for t in x["tok_s"]]
+        assert len(steps) == r["timed_steps"] == 2 * 2
+        assert r["tok_s_median"] == pytest.approx(statistics.median(steps))
+        assert r["tok_s_min"] <= r["tok_s_median"] <= r["tok_s_max"] and r["all_losses_finite"]
+        assert r["backends"]["attention"] == "sdpa (cpu)"
+    sha = {(r["config"], r["T"]): r["inputs_sha256"] for r in rows}
+    assert sha[("quickstart", 16)] == sha[("gpt_8m", 16)] != sha[("gpt_8m", 32)]
+
+
+def test_configs_with_different_inputs_are_refused(tiny_data):
+    with pytest.raises(bench.BenchError, match="different inputs"):
+        bench.main(["config/quickstart.py", "config/hybrid_tiny.py", *SMALL, f"--data_dir={tiny_data}",
+                    "--steps=1", "--warmup=0"])
+    with pytest.raises(bench.BenchError, match="unknown config key 'n_embed'"):
+        bench.main(["config/quickstart.py", "--n_embed=3"])
+
+
+def test_warmup_excluded_from_timed_window(tiny_data, monkeypatch):
+    """The first `warmup` steps are made 0.4 s slower (a stand-in for compilation): the timed steps do not see it."""
+    calls = []
+
+    def slow_build(args):
+        m = M.build_model(args)
+        fwd = m.forward
+
+        def forward(*a, **k):
+            calls.append(1)
+            if len(calls) <= 2:
+                time.sleep(0.4)
+            return fwd(*a, **k)
+        m.forward = forward
+        return m
+    monkeypatch.setattr(bench, "build_model", slow_build)
+    cfg = bench.load_config(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}"])
+    data = bench.Data(tiny_data, "stdlib_char", "cpu")
+    r = bench.measure_train(cfg, data, T=16, batch=2, accum=1, steps=4, warmup=2, seed=0)
+    assert len(calls) == 6 and len(r["step_s"]) == 4
+    assert max(r["step_s"]) < 0.4 and r["window_wall_s"] < 0.4 * 2, r["step_s"]
+    assert r["tok_s"] == [32 / d for d in r["step_s"]]
+
+
+def test_eval_excluded_from_logged_tok_s(tiny_data, tmp_path):
+    """A 0.3 s sleep injected into every eval batch of a real train.py run (F.cross_entropy with reduction='sum' is
+    the eval's loss) changes neither the train lines' dt/tok_s nor train_time_s, so --what=runs is eval-free too."""
+    code = ("import atexit, runpy, sys, time\n"
+            "import torch.nn.functional as F\n"
+            "ce, n = F.cross_entropy, [0]\n"
+            "def slow(*a, **k):\n"
+            "    if k.get('reduction') == 'sum':\n"
+            "        n[0] += 1; time.sleep(0.3)\n"
+            "    return ce(*a, **k)\n"
+            "F.cross_entropy = slow\n"
+            "atexit.register(lambda: print('EVAL_SLEEPS', n[0]))\n"
+            "sys.argv = ['train.py'] + sys.argv[1:]\n"
+            "runpy.run_path('train.py', run_name='__main__')\n")
+    out = tmp_path / "run"
+    p = run_py(["-c", code, *TINY, f"--data_dir={tiny_data}", f"--out_dir={out}", "--max_iters=6",
+                "--eval_interval=3", "--eval_iters=1"])
+    sleeps = int(p.stdout.split("EVAL_SLEEPS")[1].split()[0])
+    assert sleeps >= 6, "the injected eval sleep never ran: train.py's eval no longer uses reduction='sum'"
+    recs = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    trains = [r for r in recs if r["kind"] == "train"]
+    assert len(trains) == 6 and max(r["dt_ms"] for r in trains) < 300
+    assert recs[-1]["kind"] == "end" and recs[-1]["train_time_s"] < 0.3 * sleeps / 2
+    path = bench.main(["--what=runs", f"--metrics={out / 'metrics.jsonl'}", "--tok_window=0,5", "--target=9",
+                       f"--out={tmp_path}", "--name=evalfree"])
+    s = json.load(open(path))["summary"]
+    assert s["tok_s"]["mean"] == pytest.approx(statistics.median(r["tok_s"] for r in trains))
+    assert s["tok_s"]["mean"] > 4 * 32 / 0.3  # a step that contained a 0.3 s eval sleep could not reach this
+    assert s["wall_to_target_s"]["max"] < 0.3 * sleeps / 2
+
+
+def _synthetic_run(path, seed, device, evals, trains, log_interval=10):
+    lines = [dict(kind="run", seed=seed, device="cuda", device_name=device, driver="550.1", git={"sha": "abc", "dirty": False},
+                  versions={"torch": "2.x"}, config={"seed": seed, "out_dir": f"o{seed}", "log_interval": log_interval,
+                                                     "max_iters": 500}, backends={}, tokens_per_iter=16384)]
+    lines += [dict(kind="train", iter=i, tok_s=t, dt_ms=1.0, loss=2.0) for i, t in trains]
+    lines += [dict(kind="eval", iter=i, val_loss=v, train_time_s=w) for i, v, w in evals]
+    best = min(evals, key=lambda e: e[1])
+    lines.append(dict(kind="end", reason="max_iters", iter=500, train_time_s=evals[-1][2] + 1,
+                      best={"val_loss": best[1], "iter": best[0]}))
+    with open(path, "w") as f:
+        f.write("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(path)
+
+
+def test_runs_summary_matches_hand_computed(tmp_path):
+    runs = [
+        # seed, evals (iter, val, train_time_s), train lines (iter, tok_s)
+        (0, [(0, 4.2, 0.0), (250, 1.60, 30.0), (500, 1.46, 60.0)], [(90, 1.0e6), (100, 1.2e6), (200, 1.4e6), (250, 1.45e6), (300, 1.5e6), (310, 9e9)]),
+        (1, [(0, 4.2, 0.0), (250, 1.47, 31.0), (500, 1.44, 62.0)], [(100, 1.3e6), (200, 1.3e6), (300, 1.1e6), (400, 1.0)]),
+        (2, [(0, 4.2, 0.0), (250, 1.55, 29.0), (500, 1.49, 58.0)], [(100, 1.6e6), (300, 1.2e6)]),
+    ]
+    paths = [_synthetic_run(tmp_path / f"m{s}.jsonl", s, H100, e, t) for s, e, t in runs]
+    path = bench.main(["--what=runs", "--metrics=" + ",".join(paths), "--target=1.47", "--tok_window=100,300",
+                       "--gate=best_val<=1.5,tok_s>=1.3e6", f"--gate_device={H100}", f"--out={tmp_path}", "--name=syn"])
+    doc = json.load(open(path))
+    s, raw = doc["summary"], doc["raw"]
+    assert doc["device_name"] == s["device_name"] == H100 and doc["driver"] == "550.1" and s["seeds"] == [0, 1, 2]
+    assert [(r["best_val"], r["best_iter"]) for r in raw] == [(1.46, 500), (1.44, 500), (1.49, 500)]
+    assert [r["wall_to_target_s"] for r in raw] == [60.0, 31.0, None]  # seed 1 hits 1.47 exactly at iter 250
+    assert [r["target_iter"] for r in raw] == [500, 250, None] and s["reached_target"] == 2
+    assert [r["tok_s_median"] for r in raw] == [1.425e6, 1.3e6, 1.4e6]  # window 100..300 inclusive
+    assert s["best_val"]["mean"] == pytest.approx((1.46 + 1.44 + 1.49) / 3)
+    assert s["best_val"]["std"] == pytest.approx(statistics.stdev([1.46, 1.44, 1.49]))
+    assert (s["best_val"]["min"], s["best_val"]["max"]) == (1.44, 1.49)
+    assert s["wall_to_target_s"]["mean"] == pytest.approx(45.5) and s["wall_to_target_s"]["n"] == 2
+    assert s["tok_s"]["mean"] == pytest.approx(1.375e6) and s["tok_s"]["std"] == pytest.approx(66143.78, rel=1e-6)
+    g = s["gate"]
+    assert g["checked"] and g["passed"] is True and [c["passed"] for c in g["clauses"]] == [True, True]
+    assert any("log_interval" in n for n in doc["notes"])
+
+    # the same numbers measured on another device are not checked against an H100 gate
+    other = [_synthetic_run(tmp_path / f"h{s}.jsonl", s, "NVIDIA H200", e, t) for s, e, t in runs]
+    s2 = json.load(open(bench.main(["--what=runs", "--metrics=" + ",".join(other), "--gate=best_val<=1.5",
+                                    f"--gate_device={H100}", f"--out={tmp_path}", "--name=h200"])))["summary"]
+    assert s2["gate"]["checked"] is False and s2["gate"]["passed"] is None and s2["device_name"] == "NVIDIA H200"
+    s3 = json.load(open(bench.main(["--what=runs", "--metrics=" + ",".join(paths), "--gate=best_val<=1.47",
+                                    f"--gate_device={H100}", f"--out={tmp_path}", "--name=fail"])))["summary"]
+    assert s3["gate"]["passed"] is False
+    with pytest.raises(bench.BenchError, match="different devices"):
+        bench.main(["--what=runs", f"--metrics={paths[0]},{other[0]}", f"--out={tmp_path}"])
+    with pytest.raises(bench.BenchError, match="gate_device"):
+        bench.main(["--what=runs", f"--metrics={paths[0]}", "--gate=best_val<=1.5", f"--out={tmp_path}"])
+
+
+def test_generate_mode(tiny_data, tmp_path):
+    path = bench.main(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}", "--what=generate", "--ctx=8",
+                       "--gen_tokens=4", "--gen_batch=1,2", "--gen_repeats=2", f"--out={tmp_path}", "--name=gen"])
+    doc = json.load(open(path))
+    rows = doc["summary"]["rows"]
+    assert [(r["ctx"], r["batch"], r["path"]) for r in rows] == [(8, 1, "kv_cache"), (8, 2, "kv_cache")]
+    for r, raw in zip(rows, doc["raw"]["quickstart"]):
+        assert len(raw["repeats"]) == 2
+        assert r["decode_s_median"] == pytest.approx(statistics.median(x["decode_s"] for x in raw["repeats"]))
+        assert r["decode_tok_s"] == pytest.approx(r["batch"] * 4 / r["decode_s_median"])
+        assert r["prefill_tok_s"] == pytest.approx(r["batch"] * 8 / r["prefill_s_median"])
+    assert any("fresh" in n for n in doc["notes"])
+    with pytest.raises(bench.BenchError, match="exceeds block_size"):
+        bench.main(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}", "--what=generate", "--ctx=60",
+                    "--gen_tokens=8", f"--out={tmp_path}"])
+
+
+def test_kernel_mode_without_timer_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wkv6_bench", None)  # import fails
+    with pytest.raises(bench.BenchError, match="wkv6_bench"):
+        bench.main(["--what=kernel"])
+
+
+def test_device_spine_smoke(tmp_path):
+    """The one-command device script end to end on CPU (one seed, tiny model): only results JSON, metrics JSONL and
+    PNGs come out, flat, at most 8 files, and the runs summary reads the metrics it copied."""
+    corpus = tmp_path / "corpus.txt"
+    import inspect
+    import argparse
+    import configparser
+    corpus.write_text(inspect.getsource(argparse) + inspect.getsource(configparser))
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=PY, SEEDS="0", OMP_NUM_THREADS="1")
+    p = subprocess.run(["bash", "scripts/device_spine.sh", "--smoke", str(corpus), str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    files = sorted(os.listdir(out))
+    assert 0 < len(files) <= 8 and all(f.endswith((".json", ".jsonl", ".png")) for f in files), files
+    assert not any(os.path.isdir(out / f) for f in files)
+    runs = json.load(open(glob.glob(str(out / "*_shakespeare_char_smoke.json"))[0]))
+    gen = json.load(open(glob.glob(str(out / "*_shakespeare_char_smoke_generate.json"))[0]))
+    assert runs["summary"]["runs"] == 1 and runs["summary"]["gate"]["checked"] is False
+    assert gen["summary"]["rows"][0]["path"] == "kv_cache"
+    jsonl = [f for f in files if f.endswith(".jsonl")]
+    assert len(jsonl) == 1 and runs["raw"][0]["best_val"] == min(
+        json.loads(line)["val_loss"] for line in open(out / jsonl[0]) if '"eval"' in line)
