@@ -162,3 +162,16 @@ def test_quickstart_beats_bigram(tmp_path):
     best = read_metrics(tmp_path / "out" / "metrics.jsonl")[-1]["best"]["val_loss"]
     print(f"quickstart best val {best:.4f}, bigram {base['bigram']:.4f}")
     assert best <= base["bigram"] - 0.3
+
+
+def test_carry_state_tracks(tiny_data, tmp_path):
+    """Truncated BPTT over fixed tracks: a stateful family trains and evaluates with carried state; the GPT,
+    which has no recurrent state, is refused with a clear message."""
+    hy = ["--model_type=hybrid", "--n_layer=1", "--rwkv_head_size=16", "--d_state=8", "--mamba_headdim=16",
+          "--ssd_chunk=16"]
+    train(tiny_data, tmp_path / "h", *hy, "--max_iters=3", "--eval_interval=3", "--carry_state=True",
+          "--eval_carry_state=True")
+    recs = read_metrics(tmp_path / "h" / "metrics.jsonl")
+    assert recs[0]["eval_protocol"]["carry_state"] is True and recs[-1]["reason"] == "max_iters"
+    assert all(r["val_tokens_scored"] == 2 * 4 * 32 for r in recs if r["kind"] == "eval")
+    expect_error(train(tiny_data, tmp_path / "g", "--carry_state=True", check=False), "stateful family")
