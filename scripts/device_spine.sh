@@ -7,9 +7,11 @@
 #
 #   bash scripts/device_spine.sh path/to/tinyshakespeare.txt OUT_DIR          (OUT_DIR defaults to $OUT)
 #   bash scripts/device_spine.sh --smoke CORPUS OUT_DIR                       (CPU, tiny model, 20 iters: tests it)
-# Env: PYTHON (default python3), RUN_TIMEOUT (s per training run, default 165: SIGTERM, then train.py stops
-# cleanly and its metrics are summarised as they stand), TOTAL_BUDGET (s, default 540: a run that would not fit is
-# skipped), SEEDS (default "0 1 2"), GATE (default "tok_s>=1.4e6,best_val<=1.47", checked only on GATE_DEVICE, default the H100 string).
+# Env: PYTHON (default python3); SEEDS (default "0 1 2"); TOTAL_BUDGET (s, default 560) and RESERVE (s kept for
+# the bench.py steps, default 45): each run gets an equal share of what is left, at most RUN_TIMEOUT (default 165);
+# at its limit it gets SIGTERM, train.py stops cleanly and its metrics are summarised as they stand (end reason
+# "signal"); GATE (default "tok_s>=1.4e6,best_val<=1.47"), checked only when the device is exactly GATE_DEVICE
+# (default "NVIDIA H100 80GB HBM3").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,12 +23,19 @@ out=${2:-${OUT:-}}
 [ -f "$corpus" ] || { echo "error: corpus $corpus not found; pass the path of tinyshakespeare.txt" >&2; exit 2; }
 PY=${PYTHON:-python3}
 RUN_TIMEOUT=${RUN_TIMEOUT:-165}
-TOTAL_BUDGET=${TOTAL_BUDGET:-540}
+TOTAL_BUDGET=${TOTAL_BUDGET:-560}
+RESERVE=${RESERVE:-45}
 SEEDS=${SEEDS:-0 1 2}
 GATE=${GATE-tok_s>=1.4e6,best_val<=1.47}
 GATE_DEVICE=${GATE_DEVICE:-NVIDIA H100 80GB HBM3}
 mkdir -p "$out"
+repo=$(pwd)
 work=$(mktemp -d)
+# bench.py runs inside $work with relative paths (config -> the repo's config/, data/, results/), so the commands
+# the results files record are the ones to type in the repository root after copying the files into results/
+ln -s "$repo/config" "$work/config"
+mkdir -p "$work/results"
+day=$(date -u +%F)
 export PYTHONUNBUFFERED=1
 
 if [ $smoke = 1 ]; then
@@ -42,12 +51,7 @@ else
 fi
 
 collect() {  # whatever exists, flat, into $out: 2 JSON + 3 JSONL + 3 PNG = 8 files at most
-  local day; day=$(date -u +%F)
-  for s in $SEEDS; do
-    [ -f "$work/s$s/metrics.jsonl" ] && cp "$work/s$s/metrics.jsonl" "$out/${day}_${name}_metrics_s$s.jsonl"
-    [ -f "$work/s$s/loss.png" ] && cp "$work/s$s/loss.png" "$out/${day}_${name}_loss_s$s.png"
-  done
-  cp "$work"/results/*.json "$out"/ 2>/dev/null
+  cp "$work"/results/*.json "$work"/results/*.jsonl "$work"/results/*.png "$out"/ 2>/dev/null
   rm -rf "$work"
   echo "[spine] $(ls "$out" | wc -l) files in $out after ${SECONDS}s:"; ls -l "$out"
 }
@@ -57,30 +61,41 @@ echo "[spine] $(date -u +%FT%TZ) git $(git rev-parse --short HEAD 2>/dev/null ||
 $PY prepare.py --source=shakespeare --input="$corpus" --data_dir="$work/data" || { echo "[spine] prepare failed" >&2; exit 1; }
 
 metrics=()
+left=$(echo $SEEDS | wc -w)
 for s in $SEEDS; do
-  if [ $((SECONDS + RUN_TIMEOUT)) -gt "$TOTAL_BUDGET" ]; then
-    echo "[spine] seed $s skipped: ${SECONDS}s used, a run may take ${RUN_TIMEOUT}s, budget ${TOTAL_BUDGET}s" >&2
+  # an equal share of what is left, keeping RESERVE seconds for the two bench.py steps after the runs
+  limit=$(( (TOTAL_BUDGET - RESERVE - SECONDS) / left ))
+  [ $limit -gt "$RUN_TIMEOUT" ] && limit=$RUN_TIMEOUT
+  left=$((left - 1))
+  if [ $limit -lt 30 ]; then
+    echo "[spine] seed $s skipped: ${SECONDS}s used of TOTAL_BUDGET=${TOTAL_BUDGET}s" >&2
     continue
   fi
   t=$SECONDS
-  timeout -s TERM -k 30 "$RUN_TIMEOUT" $PY train.py config/shakespeare_char.py --seed=$s --out_dir="$work/s$s" \
+  timeout -s TERM -k 30 "$limit" $PY train.py config/shakespeare_char.py --seed=$s --out_dir="$work/s$s" \
       --data_dir="$work/data" "${train_extra[@]}" > "$work/train_s$s.log" 2>&1
   rc=$?
-  [ $rc = 124 ] && echo "[spine] seed $s hit RUN_TIMEOUT=${RUN_TIMEOUT}s: stopped by SIGTERM, summarised as it stands" >&2
+  [ $rc = 124 ] && echo "[spine] seed $s hit its ${limit}s limit: stopped by SIGTERM, summarised as it stands" >&2
   grep -E "^(model|global batch|eval|done|error)" "$work/train_s$s.log" | tail -n 4
-  echo "[spine] seed $s: rc $rc, $((SECONDS - t))s"
+  echo "[spine] seed $s: rc $rc, $((SECONDS - t))s (limit ${limit}s)"
   [ $rc != 0 ] && [ $rc != 124 ] && tail -n 30 "$work/train_s$s.log" >&2
-  [ -f "$work/s$s/metrics.jsonl" ] && metrics+=("$work/s$s/metrics.jsonl")
+  if [ -f "$work/s$s/metrics.jsonl" ]; then
+    cp "$work/s$s/metrics.jsonl" "$work/results/${day}_${name}_metrics_s$s.jsonl"
+    [ -f "$work/s$s/loss.png" ] && cp "$work/s$s/loss.png" "$work/results/${day}_${name}_loss_s$s.png"
+    metrics+=("results/${day}_${name}_metrics_s$s.jsonl")
+  fi
 done
 
 status=0
+cd "$work"
 if [ ${#metrics[@]} -gt 0 ]; then
-  $PY bench.py --what=runs --metrics="$(IFS=,; echo "${metrics[*]}")" --target=$target --tok_window=$window \
-      --gate="$GATE" --gate_device="$GATE_DEVICE" --name=$name --out="$work/results" || status=1
+  $PY "$repo/bench.py" --what=runs --metrics="$(IFS=,; echo "${metrics[*]}")" --target=$target --tok_window=$window \
+      --gate="$GATE" --gate_device="$GATE_DEVICE" --name=$name || status=1
 else
   echo "[spine] no metrics to summarise" >&2; status=1
 fi
-timeout -s TERM 90 $PY bench.py config/shakespeare_char.py --what=generate --data_dir="$work/data" "${gen_extra[@]}" \
-    --name=${name}_generate --out="$work/results" 2>&1 | grep -v "^Overriding" || status=1
+timeout -s TERM $((RESERVE - 5)) $PY "$repo/bench.py" config/shakespeare_char.py --what=generate "${gen_extra[@]}" \
+    --name=${name}_generate 2>&1 | grep -v "^Overriding" || status=1
+cd "$repo"
 [ ${#metrics[@]} = $(echo $SEEDS | wc -w) ] || status=1
 exit $status

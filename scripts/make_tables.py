@@ -35,10 +35,12 @@ bash scripts/device_spine.sh path/to/tinyshakespeare.txt OUT_DIR
 It prepares `shakespeare_char` from that copy of the corpus (no network), trains `config/shakespeare_char.py`
 unchanged for seeds 0, 1, 2 (bf16 + compile, the CUDA defaults), summarises the three runs with
 `bench.py --what=runs` (best val, wall time to val 1.47, median tok/s over iterations 100–300) and times GPT
-generation with `bench.py --what=generate`. To bring the results back, copy `OUT_DIR/*.json`,
-`OUT_DIR/*.jsonl` (and the PNGs if wanted) into `results/`, run `python scripts/make_tables.py` to regenerate
-this section, and `python -m pytest tests/test_readme_numbers.py` to check it. `bash scripts/device_spine.sh
---smoke CORPUS OUT_DIR` runs the same pipeline on a CPU in seconds (tiny model, 20 iterations) to test it.
+generation with `bench.py --what=generate`. To bring the results back, copy everything in `OUT_DIR` into
+`results/` (the runs file's recorded command then re-runs from the repository root: it reads the
+`results/<date>_shakespeare_char_metrics_s*.jsonl` files that came back with it), run `python scripts/make_tables.py`
+to regenerate this section, and `python -m pytest tests/test_readme_numbers.py` to check it.
+`bash scripts/device_spine.sh --smoke CORPUS OUT_DIR` runs the same pipeline on a CPU (tiny model, 20 iterations)
+to test it; `tests/test_bench.py` does.
 """
 
 NUM_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
@@ -98,7 +100,7 @@ def table(header, rows):
 
 def render(results_dir):
     docs = load_results(results_dir)
-    parts = [HOWTO]
+    parts = [HOWTO.rstrip()]
     by = lambda what: [(rel, d) for rel, d in docs if d.get("what") == what]  # noqa: E731
     runs = by("runs")
     if runs:
@@ -112,12 +114,14 @@ def render(results_dir):
                          mean_std_range(s["wall_to_target_s"], v1),
                          mean_std_range(s["tok_s"], lambda x: fixed(x, 0)) +
                          f" (iters {s['tok_window'][0]}–{s['tok_window'][1]})",
-                         mean_std_range(s["train_time_s"], v1), link(rel)])
+                         mean_std_range(s["train_time_s"], v1), ", ".join(sorted(set(map(str, s["end_reasons"])))),
+                         link(rel)])
         parts.append("### Training runs\n\nBest val loss over the run's evals; wall time = training time (eval and "
                      "checkpointing excluded) at the first eval at or below the target; tok/s = median of the logged "
-                     "steps in the iteration window, then mean ± std (min–max) over the runs (std: n−1).\n\n" +
+                     "steps in the iteration window, then mean ± std (min–max) over the runs (std: n−1); \"signal\" "
+                     "in 'ended by' means a run hit its time limit and stopped early.\n\n" +
                      table(["runs", "device", "seeds", "best val loss", "reached", "wall to target (s)", "tok/s",
-                            "total train time (s)", "results"], rows))
+                            "total train time (s)", "ended by", "results"], rows))
     train = by("train")
     if train:
         rows = []

@@ -4,6 +4,8 @@ import glob
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -230,9 +232,10 @@ def test_kernel_mode_without_timer_is_a_clear_error(monkeypatch):
         bench.main(["--what=kernel"])
 
 
-def test_device_spine_smoke(tmp_path):
+def test_device_spine_smoke(tmp_path, monkeypatch):
     """The one-command device script end to end on CPU (one seed, tiny model): only results JSON, metrics JSONL and
-    PNGs come out, flat, at most 8 files, and the runs summary reads the metrics it copied."""
+    PNGs come out, flat, at most 8 files; the runs summary reads the metrics it copied, and the command it records
+    reproduces it once the files sit in a results/ folder."""
     corpus = tmp_path / "corpus.txt"
     import inspect
     import argparse
@@ -253,3 +256,11 @@ def test_device_spine_smoke(tmp_path):
     jsonl = [f for f in files if f.endswith(".jsonl")]
     assert len(jsonl) == 1 and runs["raw"][0]["best_val"] == min(
         json.loads(line)["val_loss"] for line in open(out / jsonl[0]) if '"eval"' in line)
+    repro = tmp_path / "repro"
+    (repro / "results").mkdir(parents=True)
+    shutil.copy(out / jsonl[0], repro / "results" / jsonl[0])
+    monkeypatch.chdir(repro)
+    cmd = shlex.split(runs["command"])
+    assert cmd[1] == "bench.py"
+    again = json.load(open(bench.main(cmd[2:] + [f"--out={repro / 'again'}"])))
+    assert again["summary"] == runs["summary"] and again["raw"] == runs["raw"]

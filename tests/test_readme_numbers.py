@@ -31,7 +31,7 @@ def _fake_results(tmp_path):
     summary = dict(device_name=H100, runs=3, seeds=[0, 1, 2], target=1.47, tok_window=[100, 300],
                    best_val=bench.spread([1.4712, 1.4698, 1.4755]), reached_target=2,
                    wall_to_target_s=bench.spread([91.25, 95.5]), tok_s=bench.spread([1412345.6, 1398765.4, 1420001.0]),
-                   train_time_s=bench.spread([120.5, 121.25, 119.75]))
+                   train_time_s=bench.spread([120.5, 121.25, 119.75]), end_reasons=["max_iters"] * 3)
     prov = dict(command="x", git={"sha": "0123456789abcdef", "dirty": False}, device="cuda", device_name=H100,
                 driver="550.54", cuda="12.4", versions={"torch": "2.5"})
     bench.write_results(str(res), "spine", "runs", "cuda", [0, 1, 2], {}, [], summary, prov=prov,
