@@ -324,9 +324,10 @@ class Recursion:
         self.prelude = list(self.transformer.h[:p])    # views into transformer.h (plain lists: no new params)
         self.core = list(self.transformer.h[p:p + a["n_core"]])
         self.coda = list(self.transformer.h[p + a["n_core"]:])
-        g = torch.Generator().manual_seed(0)  # fixed init vectors, part of the architecture (saved as buffers)
-        self.register_buffer("y_init", torch.randn(C, generator=g).clamp(-2, 2))
-        self.register_buffer("z_init", torch.randn(C, generator=g).clamp(-2, 2))
+        g = torch.Generator().manual_seed(0)  # fixed init vectors: part of the architecture, like TRM's H_init
+        # not persistent: rebuilt identically from the seed, and train.py's EMA state dict holds parameters only
+        self.register_buffer("y_init", torch.randn(C, generator=g).clamp(-2, 2), persistent=False)
+        self.register_buffer("z_init", torch.randn(C, generator=g).clamp(-2, 2), persistent=False)
         if a["rec_act"]:
             self.q_head = nn.Linear(C, 1)
             nn.init.zeros_(self.q_head.weight)   # TRM: "(almost) zero for faster learning during bootstrapping"
