@@ -241,7 +241,8 @@ def sudoku_splits(seed, clues, n_train, n_aug, n_val, n_test, workers=1):
     nxt = 0
     with Pool(workers) if workers > 1 else _Serial() as pool:
         while len(made) < need:
-            batch = range(nxt, nxt + max(64, (need - len(made)) * 11 // 10))
+            short = need - len(made)  # a pool gets some slack for the (rare) candidates whose key repeats
+            batch = range(nxt, nxt + (short if workers == 1 else max(4 * workers, short * 11 // 10)))
             nxt = batch.stop
             for puz, sol, key in pool.map(_sudoku_job, [(seed, i, clues) for i in batch]):
                 if key not in keys and len(made) < need:
