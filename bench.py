@@ -233,9 +233,17 @@ def autocast_ctx(cfg, device_type):
     return ptdtype, (nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type=device_type, dtype=ptdtype))
 
 
+def compile_mode(cfg):
+    """train.py's rule: compile_mode 'auto' = reduce-overhead (CUDA graphs) for one CUDA process, else default.
+    bench.py is always one process. (.get: bench.py also runs against a train.py without the key.)"""
+    mode = cfg.get("compile_mode", "default")
+    if mode == "auto":
+        return "reduce-overhead" if str(cfg["device"]).startswith("cuda") else "default"
+    return mode
+
+
 def backends_of(raw_model, cfg, device_type, ptdtype):
-    b = {"device_type": device_type, "dtype": cfg["dtype"],
-         "compile": cfg.get("compile_mode", "default") if cfg["compile"] else False}
+    b = {"device_type": device_type, "dtype": cfg["dtype"], "compile": compile_mode(cfg) if cfg["compile"] else False}
     if hasattr(raw_model, "backends"):
         b.update(raw_model.backends())
     if hasattr(raw_model, "attention_path"):
@@ -253,6 +261,10 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed):
     """Time `warmup` + `steps` optimizer steps of train.py's loop; return the timed steps only (see module doc)."""
     device = cfg["device"]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
+    if cfg.get("carry_state"):
+        raise BenchError("carry_state=True (truncated BPTT over tracks) is not timed by bench.py, which draws "
+                         "train.py's random windows; pass --carry_state=False, or read tok/s from the run's "
+                         "metrics.jsonl with --what=runs")
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -264,8 +276,11 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed):
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg["dtype"] == "float16"))
     fused_skip = getattr(optimizer, "defaults", {}).get("fused", False) and not scaler.is_enabled()
     ema_params = [p.detach().clone().float() for p in raw_model.parameters()] if cfg["ema"] > 0 else None
-    # compile_mode: train.py's key when present (kept optional so bench.py runs against either version of train.py)
-    model = torch.compile(raw_model, mode=cfg.get("compile_mode", "default")) if cfg["compile"] else raw_model
+    if cfg["compile"]:
+        # a fresh dynamo cache per measurement: compiling the same forward for many models / shapes would otherwise
+        # hit dynamo's recompile limit and silently fall back to eager for the later configs
+        torch._dynamo.reset()
+    model = torch.compile(raw_model, mode=compile_mode(cfg)) if cfg["compile"] else raw_model
     params = [p for p in raw_model.parameters() if p.requires_grad]
     grad_clip = cfg["grad_clip"]
     if device_type == "cuda":

@@ -59,23 +59,23 @@ def test_two_configs_same_inputs_and_provenance(tiny_data, tmp_path, monkeypatch
     seen = _hash_windows(monkeypatch)
     path = bench.main(["config/quickstart.py", "config/gpt_8m.py", *SMALL, f"--data_dir={tiny_data}",
                        "--dataset=stdlib_char", "--T=16,32", "--tokens_per_step=64", "--steps=2", "--warmup=1",
-                       "--seeds=0,1", f"--out={tmp_path}", "--name=pair"])
+                       "--seeds=0", f"--out={tmp_path}", "--name=pair"])
     assert os.path.basename(path).endswith("_pair.json")
     # the two configs really differ (learned vs rope positions) but drew the same batches, call by call
     by_key = {}
     for (pos, T, seed), hashes in seen:
         by_key.setdefault((T, seed), {})[pos] = hashes
-    assert len(by_key) == 4
+    assert len(by_key) == 2
     for key, d in by_key.items():
         assert set(d) == {"learned", "rope"} and d["learned"] == d["rope"] and len(d["rope"]) == 1 + 1 + 2, key
-    assert by_key[(16, 0)]["rope"] != by_key[(16, 1)]["rope"]  # the check can fail: another seed, other windows
+    assert by_key[(16, 0)]["rope"] != by_key[(32, 0)]["rope"]  # the check can fail: other T, other windows
     doc = json.load(open(path))
     for k in ("command", "git", "device", "device_name", "driver", "cuda", "versions", "seeds", "configs", "raw",
               "summary", "schema", "what", "created_utc"):
         assert k in doc, k
-    assert doc["command"].split()[1:3] == ["bench.py", "config/quickstart.py"] and "--seeds=0,1" in doc["command"]
+    assert doc["command"].split()[1:3] == ["bench.py", "config/quickstart.py"] and "--seeds=0 " in doc["command"]
     assert set(doc["git"]) == {"sha", "dirty"} and doc["git"]["sha"]
-    assert {"python", "torch", "triton"} <= set(doc["versions"]) and doc["seeds"] == [0, 1]
+    assert {"python", "torch", "triton"} <= set(doc["versions"]) and doc["seeds"] == [0]
     assert doc["summary"]["device_name"] == doc["device_name"] and doc["device_name"].startswith("cpu")
     assert set(doc["configs"]) == {"quickstart", "gpt_8m"} and doc["configs"]["gpt_8m"]["pos_emb"] == "rope"
     rows = doc["summary"]["rows"]
@@ -84,7 +84,7 @@ def test_two_configs_same_inputs_and_provenance(tiny_data, tmp_path, monkeypatch
     for r in rows:
         raws = [x for x in doc["raw"][r["config"]] if x["T"] == r["T"]]
         steps = [t for x in raws for t in x["tok_s"]]
-        assert len(steps) == r["timed_steps"] == 2 * 2
+        assert len(steps) == r["timed_steps"] == 2
         assert r["tok_s_median"] == pytest.approx(statistics.median(steps))
         assert r["tok_s_min"] <= r["tok_s_median"] <= r["tok_s_max"] and r["all_losses_finite"]
         assert r["backends"]["attention"] == "sdpa (cpu)"
