@@ -3,7 +3,7 @@
     python bench.py config/gpt_8m.py config/gf_mh_8m.py --T=256,1024 --tokens_per_step=16384 --steps=50
     python bench.py config/shakespeare_char.py --what=generate --ctx=128 --gen_batch=1,16 --gen_tokens=128
     python bench.py --what=runs --metrics=out-s0/metrics.jsonl,out-s1/metrics.jsonl --target=1.47 --name=sc
-    python bench.py --what=kernel ...            (delegates to wkv6_bench.measure, the kernels issue's timer)
+    python bench.py --what=kernel --deadline_s=240   (delegates to wkv6_triton.bench, the kernels issue's timer)
 
 Every mode writes results/<YYYY-MM-DD>_<name>.json (see write_results): the exact command, git sha + dirty flag,
 device name, driver, library versions, seeds, the configs, the raw per-step / per-repeat numbers and the summary.
@@ -635,21 +635,41 @@ def main(argv):
     return path
 
 
+def _cuda_ok():
+    return torch.cuda.is_available()
+
+
 def run_kernel(opts, rest, argv):
-    """The kernels issue owns the WKV timer (wkv6_bench.py); it returns {config, raw, summary[, notes]} and the
-    results file is written here, in the one format."""
+    """The kernels issue owns the WKV-6 timer (wkv6_triton.bench: CUDA events, warm-up excluded, medians of
+    per-repeat ms, a measured copy bandwidth for the I/O floor). It writes its own wkv6_bench.json; this converts
+    that into a results file of the one format. `rest` (e.g. --deadline_s=120 --reps=20) goes to it unchanged."""
+    if not _cuda_ok():
+        raise BenchError("--what=kernel times the CUDA/Triton WKV-6 kernels: run it on a CUDA machine")
     try:
-        import wkv6_bench
-    except ImportError as e:
-        raise BenchError(f"--what=kernel needs wkv6_bench.py (the kernels issue's timer), which cannot be imported: "
-                         f"{e}. Run `python wkv6_triton.py --bench` directly, or land wkv6_bench.py") from None
-    if not hasattr(wkv6_bench, "measure"):
-        raise BenchError("wkv6_bench.py has no measure(argv) -> {config, raw, summary}; add it (see bench.run_kernel)")
-    res = wkv6_bench.measure(rest)
-    device = res.get("device", "cuda" if torch.cuda.is_available() else "cpu")
-    path = write_results(opts["out"], opts["name"] or "wkv6_kernel", "kernel", device,
-                         int_list(opts["seeds"], "seeds"), res.get("config", {}), res["raw"], res["summary"],
-                         res.get("notes", ()), argv=argv)
+        import wkv6_triton
+    except Exception as e:  # ImportError, or triton failing to initialise
+        raise BenchError(f"--what=kernel needs wkv6_triton.py (the kernels issue), which cannot be imported: "
+                         f"{type(e).__name__}: {e}") from None
+    if not hasattr(wkv6_triton, "bench"):
+        raise BenchError("wkv6_triton.py has no bench(argv); the kernels issue provides it (python wkv6_triton.py --bench)")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        wkv6_triton.bench([a for a in rest if not a.startswith("--out=")] + [f"--out={tmp}"])
+        with open(os.path.join(tmp, "wkv6_bench.json")) as f:
+            doc = json.load(f)
+    meta, results = doc["meta"], doc["results"]
+    rows = [dict(shape="x".join(map(str, r["shape"])), impl=r["impl"], fwd_ms=r.get("fwd_median_ms"),
+                 fwdbwd_ms=r.get("fwdbwd_median_ms"), floor_fwd_ms=r.get("io_floor_fwd_ms"),
+                 floor_fwdbwd_ms=r.get("io_floor_fwdbwd_ms"), y_rel_vs_cuda=r.get("y_rel_vs_cuda"),
+                 error=r.get("error", "")) for r in results]
+    here = provenance("cpu")
+    prov = {**here, "device": "cuda", "device_name": meta["device"], "driver": meta.get("driver"),
+            "cuda": meta.get("cuda_runtime"), "versions": {**here["versions"], "torch": meta.get("torch"),
+                                                         "triton": meta.get("triton"), "python": meta.get("python")}}
+    summary = dict(rows=rows, device_name=meta["device"], copy_bandwidth_GBps=meta.get("copy_bandwidth_GBps"))
+    config = {k: meta.get(k) for k in ("N", "dtype", "reps", "seed", "fla", "timing")}
+    path = write_results(opts["out"], opts["name"] or "wkv6_kernel", "kernel", "cuda", [meta.get("seed")],
+                         {"wkv6": config}, results, summary, [meta.get("timing", "")], prov=prov, argv=argv)
     print(f"[bench] wrote {path}")
     return path
 

@@ -72,6 +72,10 @@ def mean_std_range(s, f):
     return f"{f(s['mean'])} ± {f(s['std'])} ({f(s['min'])}–{f(s['max'])})"
 
 
+def cell(x):
+    return str(x).replace("|", "/").replace("\n", " ") or "–"
+
+
 def link(rel):
     return f"[{os.path.basename(rel)}]({rel})"
 
@@ -157,7 +161,7 @@ def render(results_dir):
             rows = d["summary"].get("rows", [])
             keys = [k for k in (rows[0] if rows else {}) if not isinstance(rows[0][k], (dict, list))]
             chunks.append(table(keys + ["device", "results"],
-                                [[sig(r[k]) if isinstance(r[k], (int, float)) else r[k] for k in keys] +
+                                [[sig(r[k]) if isinstance(r[k], (int, float)) else cell(r[k]) for k in keys] +
                                  [d["summary"]["device_name"], link(rel)] for r in rows]))
         parts.append("### Kernels (bench.py --what=kernel)\n\n" + "\n\n".join(chunks))
     if docs:

@@ -226,10 +226,32 @@ def test_generate_mode(tiny_data, tmp_path):
                     "--gen_tokens=8", f"--out={tmp_path}"])
 
 
-def test_kernel_mode_without_timer_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "wkv6_bench", None)  # import fails
-    with pytest.raises(bench.BenchError, match="wkv6_bench"):
+def test_kernel_mode_converts_the_kernel_timer_output(tmp_path, monkeypatch):
+    """--what=kernel runs wkv6_triton.bench (GPU only) and rewrites its wkv6_bench.json in the results format.
+    A stand-in timer writes that file here; without CUDA the mode is a clear error."""
+    import types
+    with pytest.raises(bench.BenchError, match="CUDA machine"):
         bench.main(["--what=kernel"])
+    seen = {}
+
+    def fake_bench(argv):
+        seen["argv"] = argv
+        out = [a for a in argv if a.startswith("--out=")][0][6:]
+        meta = dict(device=H100, driver="550.54", torch="2.5.1", triton="3.1.0", python="3.12.1", cuda_runtime="12.4",
+                    seed=1234, reps=20, N=64, dtype="bf16", timing="CUDA events", copy_bandwidth_GBps=3000.5, fla="n/a")
+        res = [dict(shape=[8, 4096, 32, 64], impl="triton[64,64]", fwd_ms=[1.0, 1.25, 1.5], fwd_median_ms=1.25,
+                    fwdbwd_ms=[4.0, 4.5], fwdbwd_median_ms=4.25, io_floor_fwd_ms=0.5, io_floor_fwdbwd_ms=1.5,
+                    y_rel_vs_cuda=1e-3)]
+        with open(os.path.join(out, "wkv6_bench.json"), "w") as f:
+            json.dump({"meta": meta, "results": res}, f)
+    monkeypatch.setitem(sys.modules, "wkv6_triton", types.SimpleNamespace(bench=fake_bench))
+    monkeypatch.setattr(bench, "_cuda_ok", lambda: True)
+    doc = json.load(open(bench.main(["--what=kernel", "--reps=20", f"--out={tmp_path}"])))
+    assert "--reps=20" in seen["argv"] and doc["what"] == "kernel"
+    assert doc["device_name"] == doc["summary"]["device_name"] == H100 and doc["driver"] == "550.54"
+    assert doc["versions"]["triton"] == "3.1.0" and doc["raw"][0]["fwd_ms"] == [1.0, 1.25, 1.5]
+    assert doc["summary"]["rows"] == [dict(shape="8x4096x32x64", impl="triton[64,64]", fwd_ms=1.25, fwdbwd_ms=4.25,
+                                           floor_fwd_ms=0.5, floor_fwdbwd_ms=1.5, y_rel_vs_cuda=1e-3, error="")]
 
 
 def test_device_spine_smoke(tmp_path, monkeypatch):

@@ -41,6 +41,9 @@ def _fake_results(tmp_path):
                                             decode_ms_per_token=1.6203, generate_tok_s=9012.75)])
     bench.write_results(str(res), "gen", "generate", "cuda", [0], {}, {}, gen, prov=prov,
                         argv=["config/shakespeare_char.py", "--what=generate", "--name=gen"])
+    kern = dict(device_name=H100, rows=[dict(shape="8x4096x32x64", impl="triton[64,64]", fwd_ms=1.2345, fwdbwd_ms=4.25,
+                                             y_rel_vs_cuda=0.00123, error="RuntimeError: a | b")])
+    bench.write_results(str(res), "kern", "kernel", "cuda", [1234], {}, [], kern, prov=prov, argv=["--what=kernel"])
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{mt.BEGIN}\n{mt.END}\n")
     mt.update_readme(str(readme), str(res))
@@ -51,7 +54,8 @@ def test_generated_tables_pass_and_invented_numbers_are_caught(tmp_path):
     text, res = _fake_results(tmp_path)
     assert mt.check_readme(text, res) == []
     rows = [line for line in mt.section(text).splitlines() if "[20" in line and line.startswith("|")]
-    assert len(rows) == 2 and "1.4722 ± 0.0030 (1.4698–1.4755)" in rows[0] and "9,877" in rows[1]
+    assert len(rows) == 3 and "| 8x4096x32x64 | triton[64,64] | 1.234 | 4.250 | 0.001230 | RuntimeError: a / b |" in rows[2]
+    assert "1.4722 ± 0.0030 (1.4698–1.4755)" in rows[0] and "9,877" in rows[1]
     assert "bench.py --what=runs --metrics=a,b,c --target=1.47 --name=spine`" in text
 
     # a made-up number in a row: caught, naming the number and the file
