@@ -294,6 +294,7 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed):
         return data.windows(offs, T)
 
     marks, pending = [], None
+    stop_host = torch.zeros(1, pin_memory=device_type == "cuda")
     X, Y = get_batch(0, 0)
     for it in range(warmup + steps):
         if it == warmup:  # the timed window starts here: everything before it (compile, autotune) is discarded
@@ -314,7 +315,8 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed):
         if scaler.is_enabled():
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        flags = torch.stack([loss_acc, (~(torch.isfinite(loss_acc) & torch.isfinite(grad_norm))).float()])
+        flags = torch.stack([loss_acc, (~(torch.isfinite(loss_acc) & torch.isfinite(grad_norm))).float(),
+                             stop_host.to(device, non_blocking=True)[0]])  # train.py's stop-request flag copy
         if fused_skip:
             optimizer.found_inf = (flags[1] > 0).float()
             optimizer.step()
@@ -627,6 +629,8 @@ def main(argv):
     if opts["what"] == "generate":
         notes.append("speed only: a freshly initialised model of each config (seeded), not a trained checkpoint; "
                      "sampling at temperature 1.0 from the full distribution, eager mode")
+        notes.append("GPT: the prefill attends with is_causal (the backends' attention path); cached decode steps "
+                     "attend with an explicit mask (model.Attention's cached path), which SDPA does not run as flash")
     summary["data"] = dict(dataset=dataset, meta_sha256=datas[dataset].meta["meta_sha256"],
                            train_tokens=len(datas[dataset].train))
     path = write_results(opts["out"], opts["name"] or "_".join(labels) + f"_{opts['what']}", opts["what"], device,
