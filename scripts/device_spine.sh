@@ -13,7 +13,6 @@
 # "signal"); GATE (default "tok_s>=1.4e6,best_val<=1.47"), checked only when the device is exactly GATE_DEVICE
 # (default "NVIDIA H100 80GB HBM3").
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
 smoke=0
 if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
@@ -21,6 +20,10 @@ corpus=${1:?usage: bash scripts/device_spine.sh [--smoke] CORPUS OUT_DIR}
 out=${2:-${OUT:-}}
 [ -n "$out" ] || { echo "error: give OUT_DIR (or set OUT)" >&2; exit 2; }
 [ -f "$corpus" ] || { echo "error: corpus $corpus not found; pass the path of tinyshakespeare.txt" >&2; exit 2; }
+# both made absolute before leaving the caller's directory
+corpus=$(cd "$(dirname "$corpus")" && pwd)/$(basename "$corpus")
+mkdir -p "$out" && out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RUN_TIMEOUT=${RUN_TIMEOUT:-165}
 TOTAL_BUDGET=${TOTAL_BUDGET:-560}
