@@ -48,16 +48,14 @@ def _configs(pairs):
 
 
 @triton.jit
-def _fwd_chunk(cc, NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh, base, b_u,
-               H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               SAVE: tl.constexpr, PREC: tl.constexpr):
-    """One chunk of the forward: returns the state after the chunk (cc: int64 chunk index)."""
+def _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u,
+             H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+             PREC: tl.constexpr):
+    """y of chunk cc (int64) from its start-state tile; returns what the state update needs."""
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
-    o_v = tl.program_id(1) * BV + tl.arange(0, BV)
+    o_v = i_v * BV + tl.arange(0, BV)
     lower = o_t[:, None] > o_t[None, :]                 # [t, s]: s < t
-    if SAVE:
-        tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S)
     ot = cc * BT + o_t
     mt = ot < T
     row = base + ot * (H * N)
@@ -76,7 +74,20 @@ def _fwd_chunk(cc, NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh, base, 
     b_y += tl.dot(A, b_v, input_precision=PREC)
     b_y += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_v
     tl.store(y + i_k * y_pstride + p_v, b_y, mask=mt[:, None])
-    b_kd = b_k * tl.exp(glast[None, :] - gi)
+    return b_k * tl.exp(glast[None, :] - gi), b_v, glast
+
+
+@triton.jit
+def _fwd_chunk(cc, NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh, base, b_u,
+               H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               SAVE: tl.constexpr, PREC: tl.constexpr):
+    """One chunk of the fused forward: returns the state after the chunk."""
+    i_v = tl.program_id(1)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    if SAVE:
+        tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S)
+    b_kd, b_v, glast = _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC)
     return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
 
 
@@ -109,15 +120,13 @@ def _wkv6_fwd_kernel(r, k, v, w, u, s0, y, sT, hbuf, T, y_pstride,
 
 
 @triton.jit
-def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride,
-               i_k, i_bh, base, b_u,
-               H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               PREC: tl.constexpr):
-    """One chunk of the backward, in reverse order: takes dL/dS at the chunk end, returns it at the
-    chunk start (and the running du)."""
+def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride, i_k, i_v, base, b_u,
+                 H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 PREC: tl.constexpr):
+    """dr, dk, dv, dw of chunk cc from its start state S and the state gradient G at its end;
+    returns (du contribution, r*exp(ge), gy, glast) for the reverse state-gradient update."""
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
-    i_v = tl.program_id(1)
     o_v = i_v * BV + tl.arange(0, BV)
     lower = o_t[:, None] > o_t[None, :]
     up = tl.where(o_t[None, :] > o_t[:, None], 1., 0.)                  # [tau, t]: t > tau
@@ -126,7 +135,6 @@ def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_ps
     p_t = o_p // BT
     p_s = o_p % BT
     span = tl.where((p_s[None, :] < o_t[:, None]) & (o_t[:, None] < p_t[None, :]), 1., 0.)  # [tau, pair]
-    b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
     ot = cc * BT + o_t
     mt = ot < T
     row = base + ot * (H * N)
@@ -153,7 +161,7 @@ def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_ps
     vg = tl.sum(b_v * b_gy, axis=1)                                      # [BT]
     tl.store(dr + i_v * kv_pstride + p_k, dq + b_u[None, :] * b_k * vg[:, None], mask=mt[:, None])
     tl.store(dk + i_v * kv_pstride + p_k, dks + b_u[None, :] * b_r * vg[:, None], mask=mt[:, None])
-    b_du += tl.sum(b_r * b_k * vg[:, None], axis=0)
+    b_du = tl.sum(b_r * b_k * vg[:, None], axis=0)
     b_kd = b_k * ekl
     b_dv = tl.dot(b_kd, b_G, input_precision=PREC)
     b_dv += tl.dot(tl.trans(A), b_gy, input_precision=PREC)
@@ -169,8 +177,24 @@ def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_ps
     m = tl.reshape(q * b_r[:, None, :] * b_k[None, :, :], (BT * BT, BK))
     b_dw += tl.dot(span, m, input_precision=PREC)
     tl.store(dw + i_v * kv_pstride + p_k, b_dw, mask=mt[:, None])
-    b_G = b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * eg), b_gy, input_precision=PREC)
-    return b_G, b_du
+    return b_du, b_r * eg, b_gy, glast
+
+
+@triton.jit
+def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride,
+               i_k, i_bh, base, b_u,
+               H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               PREC: tl.constexpr):
+    """One chunk of the fused backward, in reverse order: takes dL/dS at the chunk end, returns it
+    at the chunk start (and the running du)."""
+    i_v = tl.program_id(1)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
+    du_c, b_re, b_gy, glast = _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride,
+                                           i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC)
+    b_G = b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_re), b_gy, input_precision=PREC)
+    return b_G, b_du + du_c
 
 
 @triton.autotune(configs=_configs([(8, 1), (4, 1), (8, 2)]), key=['N', 'BK', 'BV', 'PREC'])
@@ -206,6 +230,138 @@ def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, k
 
 
 # ----------------------------------------------------------------------------------------------
+# split mode: the sequential part is only the state scan (cheap per chunk); everything heavy
+# (the [BT,BT,BK] intra terms, all outputs) runs chunk-parallel from the stored chunk states.
+#   forward:  _scan_fwd (S at each chunk start -> hbuf, final state) ; _out_fwd (y, all chunks at once)
+#   backward: _scan_bwd (dS at each chunk end -> dhbuf, dS0)         ; _out_bwd (dr dk dv dw du)
+
+@triton.jit
+def _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
+                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   PREC: tl.constexpr):
+    o_t = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S)
+    ot = cc * BT + o_t
+    mt = ot < T
+    row = base + ot * (H * N)
+    b_k = tl.load(k + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    b_w = tl.load(w + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    b_v = tl.load(v + row[:, None] + o_v[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    gi = tl.cumsum(b_w, axis=0)
+    glast = tl.sum(b_w, axis=0)
+    b_kd = b_k * tl.exp(glast[None, :] - gi)
+    return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
+@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.jit(do_not_specialize=['T'])
+def _scan_fwd_kernel(k, v, w, s0, sT, hbuf, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
+                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
+    i_k = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    base = ((i_bh // H) * T * H + i_bh % H) * N
+    st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
+    b_S = tl.load(s0 + st_off)
+    if NTI > 0:   # interpreter: Python-int trip count (see _nti)
+        for c in range(0, NTI):
+            b_S = _scan_fwd_step(tl.cast(c, tl.int64), NTI, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
+                                 H, N, BT, BK, BV, PREC)
+    else:
+        NT = tl.cdiv(T, BT)
+        for c in range(0, NT):
+            b_S = _scan_fwd_step(tl.cast(c, tl.int64), NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
+                                 H, N, BT, BK, BV, PREC)
+    tl.store(sT + st_off, b_S)
+
+
+@triton.autotune(configs=_configs([(8, 1), (4, 1)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.jit(do_not_specialize=['T', 'y_pstride', 'NT'])
+def _out_fwd_kernel(r, k, v, w, u, hbuf, y, T, y_pstride, NT, H: tl.constexpr, N: tl.constexpr,
+                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    cc = tl.program_id(0).to(tl.int64)
+    i_k = tl.program_id(1) // (N // BV)
+    i_v = tl.program_id(1) % (N // BV)
+    i_bh = tl.program_id(2).to(tl.int64)
+    i_h = i_bh % H
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    base = ((i_bh // H) * T * H + i_h) * N
+    b_u = tl.load(u + i_h * N + o_k).to(tl.float32)
+    b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
+    _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC)
+
+
+@triton.jit
+def _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
+                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   PREC: tl.constexpr):
+    o_t = tl.arange(0, BT)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    tl.store(dhbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_G)
+    ot = cc * BT + o_t
+    mt = ot < T
+    row = base + ot * (H * N)
+    b_r = tl.load(r + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    b_w = tl.load(w + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    b_gy = tl.load(gy + row[:, None] + o_v[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    gi = tl.cumsum(b_w, axis=0)
+    ge = gi - b_w
+    glast = tl.sum(b_w, axis=0)
+    return b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * tl.exp(ge)), b_gy, input_precision=PREC)
+
+
+@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.jit(do_not_specialize=['T'])
+def _scan_bwd_kernel(r, w, gy, gsT, ds0, dhbuf, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
+                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
+    i_k = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_bh = tl.program_id(2).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    base = ((i_bh // H) * T * H + i_bh % H) * N
+    st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
+    b_G = tl.load(gsT + st_off)
+    if NTI > 0:   # interpreter: Python-int trip count (see _nti)
+        for c2 in range(0, NTI):
+            b_G = _scan_bwd_step(tl.cast(NTI - 1 - c2, tl.int64), NTI, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh,
+                                 base, H, N, BT, BK, BV, PREC)
+    else:
+        NT = tl.cdiv(T, BT)
+        for c2 in range(0, NT):
+            b_G = _scan_bwd_step(tl.cast(NT - 1 - c2, tl.int64), NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh,
+                                 base, H, N, BT, BK, BV, PREC)
+    tl.store(ds0 + st_off, b_G)
+
+
+@triton.autotune(configs=_configs([(8, 1), (16, 1)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride', 'NT'])
+def _out_bwd_kernel(r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_pstride, v_pstride, NT,
+                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    PREC: tl.constexpr):
+    cc = tl.program_id(0).to(tl.int64)
+    i_k = tl.program_id(1) // (N // BV)
+    i_v = tl.program_id(1) % (N // BV)
+    i_bh = tl.program_id(2).to(tl.int64)
+    i_h = i_bh % H
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    base = ((i_bh // H) * T * H + i_h) * N
+    st = (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :])
+    b_u = tl.load(u + i_h * N + o_k).to(tl.float32)
+    du_c, b_re, b_gy, glast = _chunk_grads(cc, tl.load(hbuf + st), tl.load(dhbuf + st), r, k, v, w, gy, dr, dk,
+                                           dv, dw, T, kv_pstride, v_pstride, i_k, i_v, base, b_u,
+                                           H, N, BT, BK, BV, PREC)
+    tl.store(du + ((i_v * tl.num_programs(2) + i_bh) * NT + cc) * N + o_k, du_c)
+
+
+# ----------------------------------------------------------------------------------------------
 # launch helpers
 
 def _blocks(B, H, N):
@@ -232,16 +388,48 @@ def _prec(dtype):
     return 'ieee' if dtype == torch.float32 else 'tf32'
 
 
+def _mode():
+    """'split' (scan + chunk-parallel outputs, default) or 'fused' (one sequential pass)."""
+    m = os.environ.get('WKV6_TRITON_MODE', 'split')
+    if m not in ('split', 'fused'):
+        raise ValueError(f"WKV6_TRITON_MODE must be 'split' or 'fused', got {m!r}")
+    return m
+
+
+def _scan_blocks(B, H, N):
+    """(BK, BV) for the sequential scans: small value tiles give more programs in flight."""
+    if os.environ.get('WKV6_TRITON_SCAN_BLOCKS'):
+        bk, bv = (int(x) for x in os.environ['WKV6_TRITON_SCAN_BLOCKS'].split(','))
+        return min(bk, N), min(bv, N)
+    BK, BV = min(N, 64), N
+    while B * H * (N // BK) * (N // BV) < 256 and BV > 16:
+        BV //= 2
+    return BK, BV
+
+
 def _fwd_impl(r, k, v, w, u, s0, save):
     B, T, H, N = r.shape
-    BK, BV = _blocks(B, H, N)
+    split = _mode() == 'split'
+    BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
     NT = triton.cdiv(T, BT_DEFAULT)
+    prec = _prec(r.dtype)
     y = torch.empty_like(r) if NK == 1 else r.new_empty((NK, B, T, H, N), dtype=torch.float32)
     sT = torch.empty_like(s0)
-    hbuf = s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,))
-    _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, 0 if NK == 1 else B * T * H * N,
-                                      H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, SAVE=save, PREC=_prec(r.dtype), NTI=_nti(T))
+    pstride = 0 if NK == 1 else B * T * H * N
+    if split:
+        hbuf = s0.new_empty((B, H, NT, N, N))
+        SK, SV = _scan_blocks(B, H, N)
+        _scan_fwd_kernel[(N // SK, N // SV, B * H)](k, v, w, s0, sT, hbuf, T, H=H, N=N, BT=BT_DEFAULT,
+                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
+        _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=BT_DEFAULT,
+                                              BK=BK, BV=BV, PREC=prec)
+        if not save:
+            hbuf = s0.new_empty((0,))
+    else:
+        hbuf = s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,))
+        _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride, H=H, N=N, BT=BT_DEFAULT,
+                                          BK=BK, BV=BV, SAVE=save, PREC=prec, NTI=_nti(T))
     if NK > 1:
         y = y.sum(0).to(r.dtype)
     return y, sT, hbuf
@@ -249,23 +437,38 @@ def _fwd_impl(r, k, v, w, u, s0, save):
 
 def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     B, T, H, N = r.shape
-    BK, BV = _blocks(B, H, N)
+    split = _mode() == 'split'
+    BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
+    NT = triton.cdiv(T, BT_DEFAULT)
+    prec = _prec(r.dtype)
     f32 = torch.float32
     dr = torch.empty_like(r) if NV == 1 else r.new_empty((NV, B, T, H, N), dtype=f32)
     dk = torch.empty_like(r) if NV == 1 else r.new_empty((NV, B, T, H, N), dtype=f32)
     dw = torch.empty_like(w) if NV == 1 else r.new_empty((NV, B, T, H, N), dtype=f32)
     dv = torch.empty_like(r) if NK == 1 else r.new_empty((NK, B, T, H, N), dtype=f32)
-    du = r.new_empty((NV, B, H, N), dtype=f32)
     ds0 = torch.empty_like(gsT)
-    _wkv6_bwd_kernel[(NK, NV, B * H)](r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T,
-                                      0 if NV == 1 else B * T * H * N, 0 if NK == 1 else B * T * H * N,
-                                      H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=_prec(r.dtype), NTI=_nti(T))
+    kv_ps = 0 if NV == 1 else B * T * H * N
+    v_ps = 0 if NK == 1 else B * T * H * N
+    if split:
+        dhbuf = torch.empty_like(hbuf)
+        du = r.new_empty((NV, B * H, NT, N), dtype=f32)
+        SK, SV = _scan_blocks(B, H, N)
+        _scan_bwd_kernel[(N // SK, N // SV, B * H)](r, w, gy, gsT, ds0, dhbuf, T, H=H, N=N, BT=BT_DEFAULT,
+                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
+        _out_bwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps, v_ps,
+                                              NT, H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec)
+        du = du.view(NV, B, H, NT, N).sum((0, 1, 3))
+    else:
+        du = r.new_empty((NV, B, H, N), dtype=f32)
+        _wkv6_bwd_kernel[(NK, NV, B * H)](r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_ps, v_ps,
+                                          H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec, NTI=_nti(T))
+        du = du.sum((0, 1))
     if NV > 1:
         dr, dk, dw = dr.sum(0).to(r.dtype), dk.sum(0).to(r.dtype), dw.sum(0)
     if NK > 1:
         dv = dv.sum(0).to(r.dtype)
-    return dr, dk, dv, dw, du.sum((0, 1)), ds0
+    return dr, dk, dv, dw, du, ds0
 
 
 # torch.library ops so torch.compile traces around the kernels (CPU/interpreter launches are
@@ -370,6 +573,9 @@ def bench(argv):
     out_dir = opts.get('out', 'results')
     deadline = time.time() + float(opts.get('deadline_s', 1e9))
     reps = int(opts.get('reps', 20))
+    want_impls = opts.get('impls', 'torch_chunked,triton,cuda,fla_chunk_rwkv6').split(',')
+    want_shapes = [int(x) for x in opts.get('shapes', '0,1,2,3').split(',')]
+    want_variants = opts.get('variants', '1') == '1'
     os.makedirs(out_dir, exist_ok=True)
     dev = 'cuda'
     seed = 1234
@@ -400,7 +606,11 @@ def bench(argv):
     del x, yb
 
     impls = {'torch_chunked': lambda *a: W.wkv6_torch_chunked(*a), 'triton': wkv6_triton, 'cuda': W.wkv6_cuda}
+    impls = {n: f for n, f in impls.items() if n in want_impls}
+    meta['triton_mode'] = _mode()
     try:
+        if 'fla_chunk_rwkv6' not in want_impls:
+            raise ImportError('not requested (--impls)')
         from fla.ops.rwkv6 import chunk_rwkv6
 
         def fla_fn(r, k, v, w, u, s0):
@@ -479,23 +689,26 @@ def bench(argv):
         return path
 
     for si, (B, T, H) in enumerate(BENCH_SHAPES):
+        if si not in want_shapes:
+            continue
         for name, fn in impls.items():
             if time.time() > deadline:
                 break
-            if name == 'torch_chunked' and B * H * T > 300_000:
+            if name == 'torch_chunked' and (B * H * T > 300_000 or T > 4096):
                 continue   # ~B*H*T*16*64*4 bytes per autograd temporary: too large to be worth timing
             os.environ.pop('WKV6_TRITON_BLOCKS', None)
             label = name
             if name == 'triton':
-                label = 'triton[%d,%d]' % _blocks(B, H, 64)
+                label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if _mode() == 'split' else \
+                    ('triton-fused[%d,%d]' % _blocks(B, H, 64))
             one(si, name, fn, label)
         save()
-    for si in range(len(BENCH_SHAPES)):
+    for si in (want_shapes if want_variants and 'triton' in impls and _mode() == 'fused' else []):
         for var in BENCH_VARIANTS.get(si, []):
             if time.time() > deadline:
                 break
             os.environ['WKV6_TRITON_BLOCKS'] = var
-            one(si, 'triton', wkv6_triton, f'triton[{var}]')
+            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]')
             save()
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
     path = save()

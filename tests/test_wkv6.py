@@ -76,17 +76,25 @@ def test_torch_chunked_vs_naive(B, T, H, N, decay):
     check_against_reference(wkv6_torch_chunked, B, T, H, N, decay, seed=1000 + T)
 
 
+@pytest.mark.parametrize("mode", ['split', 'fused'])
 @pytest.mark.parametrize("B,T,H,N,decay", CASES)
-def test_triton_interpreter_vs_naive(B, T, H, N, decay):
+def test_triton_interpreter_vs_naive(B, T, H, N, decay, mode, monkeypatch):
+    """Both Triton schedules: 'split' (state scan + chunk-parallel outputs) and 'fused'."""
     from wkv6_triton import wkv6_triton
+    monkeypatch.setenv('WKV6_TRITON_MODE', mode)
     check_against_reference(wkv6_triton, B, T, H, N, decay, seed=2000 + T)
 
 
-def test_triton_key_value_split(monkeypatch):
-    """Small B*H splits the key and value dims over programs (partial buffers summed on host)."""
+@pytest.mark.parametrize("mode", ['split', 'fused'])
+def test_triton_key_value_split(mode, monkeypatch):
+    """Key/value dims split over programs (partial buffers summed on the host)."""
     from wkv6_triton import wkv6_triton
-    monkeypatch.setenv('WKV6_TRITON_BLOCKS', '16,16')    # N=32 -> 2 key blocks x 2 value blocks
+    monkeypatch.setenv('WKV6_TRITON_MODE', mode)
+    monkeypatch.setenv('WKV6_TRITON_BLOCKS', '16,16')       # fused: N=32 -> 2 key x 2 value blocks
+    monkeypatch.setenv('WKV6_TRITON_SCAN_BLOCKS', '16,16')  # split: scan tiles 16x16
     check_against_reference(wkv6_triton, 1, 23, 1, 32, 'real', seed=7)
+    if mode == 'split':   # N=128: two key blocks in the chunk-parallel kernels (partial y, dv)
+        check_against_reference(wkv6_triton, 1, 18, 1, 128, 'real', seed=8)
 
 
 def _segmented(fn, cuts):
@@ -102,7 +110,7 @@ def _segmented(fn, cuts):
 
 
 @pytest.mark.parametrize("which", ['torch', 'triton'])
-def test_segments_with_carried_state_equal_one_call(which):
+def test_segments_with_carried_state_equal_one_call(which):  # triton: default (split) schedule
     from wkv6_triton import wkv6_triton
     fn = wkv6_torch_chunked if which == 'torch' else wkv6_triton
     T, cuts = 45, [0, 7, 30, 45]

@@ -159,3 +159,11 @@ def test_torch_compile_traces_custom_ops(backend):
 
 def test_auto_backend_is_cuda():
     assert wkv6_backend(DEV, 64) == 'cuda'
+
+
+def test_triton_fused_schedule(monkeypatch):
+    """The single-pass ('fused') Triton schedule, kept as the alternative to the default 'split'."""
+    monkeypatch.setenv('WKV6_TRITON_MODE', 'fused')
+    inputs, upstream = make_inputs(2, 1000, 2, 64, 'real', seed=1000, dtype=torch.bfloat16)
+    ref = reference((1000, 'bf16'), inputs, upstream)
+    check('triton', inputs, upstream, ref, 5e-3)
