@@ -286,3 +286,21 @@ def test_device_spine_smoke(tmp_path, monkeypatch):
     assert cmd[1] == "bench.py"
     again = json.load(open(bench.main(cmd[2:] + [f"--out={repro / 'again'}"])))
     assert again["summary"] == runs["summary"] and again["raw"] == runs["raw"]
+
+
+@pytest.mark.gpu
+def test_train_and_generate_on_cuda(tiny_data, tmp_path):
+    """On a CUDA machine: bf16 + compile (train.py's CUDA defaults) through the timed loop, events per step, peak
+    memory, the attention path, and a KV-cache generation run."""
+    gpu = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--dropout=0.0", f"--data_dir={tiny_data}"]
+    doc = json.load(open(bench.main(["config/quickstart.py", "config/gpt_8m.py", *gpu, "--device=cuda",
+                                     "--dtype=bfloat16", "--compile=True", "--T=64,128", "--tokens_per_step=2048",
+                                     "--steps=5", "--warmup=3", f"--out={tmp_path}", "--name=gpu"])))
+    assert doc["device_name"] == bench.torch.cuda.get_device_name() and doc["driver"]
+    for r in doc["summary"]["rows"]:
+        assert r["timed_steps"] == 5 and r["mem_peak_mb"] > 0 and r["all_losses_finite"]
+        assert r["backends"]["attention"] == "sdpa/flash" and r["backends"]["compile"]
+    gen = json.load(open(bench.main(["config/quickstart.py", *gpu, "--device=cuda", "--dtype=bfloat16",
+                                     "--what=generate", "--ctx=16", "--gen_tokens=16", "--gen_batch=1,4",
+                                     "--gen_repeats=2", f"--out={tmp_path}", "--name=gpugen"])))
+    assert all(r["decode_tok_s"] > 0 and r["path"] == "kv_cache" for r in gen["summary"]["rows"])
