@@ -8,6 +8,8 @@ lm: val cross-entropy on fixed windows (prepare.eval_offsets from --seed) per de
 Depth = model.set_depth(n) repetitions; a model without set_depth (a plain GPT) is evaluated once ("fixed").
 Weights: the EMA weights when the checkpoint has them (what train.py evaluated), else the live ones.
 Prints one JSON object; --out also writes it.
+    python scripts/recursive_eval.py all WORK_ROOT --data_dir=data   # every run dir (sudoku-*, lm-*) -> <run>/eval.json
+    python scripts/recursive_eval.py summarize OUT_ROOT    # every run under OUT_ROOT -> OUT_ROOT/results.json
 """
 import argparse
 import json
@@ -105,7 +107,118 @@ def lm_depth_curve(m, data_dir, depths, device, seed=1337, n_windows=400, batch_
     return out
 
 
+def _spread(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    return dict(mean=mean, min=min(xs), max=max(xs), n=len(xs), values=xs,
+                std=(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0)
+
+
+def summarize(root, device, extra=None):
+    """Collect every run under root (root/<run>/{metrics.jsonl, eval.json}) into root/results.json: per run the
+    training record (tokens, time, end reason, best val) and the depth evaluations; per Sudoku model the exact-solve
+    rate over seeds at its trained depth; and whether recursion beats no recursion beyond the seed spread
+    (every recursive seed above every no-recursion seed)."""
+    from metrics import provenance, read_metrics
+    runs = {}
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if not os.path.isfile(os.path.join(d, "metrics.jsonl")):
+            continue
+        recs = read_metrics(os.path.join(d, "metrics.jsonl"))
+        end = [r for r in recs if r["kind"] == "end"]
+        head = recs[0]
+        run = dict(model_args=head.get("model_args"), num_params=head.get("num_params"),
+                   end=end[-1] if end else None, evals=[r for r in recs if r["kind"] == "eval"])
+        ev = os.path.join(d, "eval.json")
+        if os.path.isfile(ev):
+            run["depth_eval"] = json.load(open(ev))
+        runs[name] = run
+    sudoku = {}
+    for name, r in runs.items():
+        if not name.startswith("sudoku-") or "depth_eval" not in r:
+            continue
+        model = name.rsplit("-s", 1)[0][len("sudoku-"):]
+        res = r["depth_eval"]["results"]
+        at = str(r["depth_eval"]["trained_depth"]) if r["depth_eval"]["trained_depth"] else "fixed"
+        sudoku.setdefault(model, dict(exact=[], cell_acc=[], best_over_depths=[]))
+        sudoku[model]["exact"].append(res[at]["exact"])
+        sudoku[model]["cell_acc"].append(res[at]["cell_acc"])
+        sudoku[model]["best_over_depths"].append(max(v["exact"] for v in res.values()))
+    sudoku = {m: {k: _spread(v) for k, v in d.items()} for m, d in sudoku.items()}
+    verdict = None
+    if "trm" in sudoku and "norec" in sudoku:
+        a, b = sudoku["trm"]["exact"], sudoku["norec"]["exact"]
+        verdict = dict(rule="min over seeds of trm exact-solve > max over seeds of norec", held=a["min"] > b["max"],
+                       trm=a["values"], norec=b["values"])
+    lm = {n: dict(best_val=(r["end"] or {}).get("best", {}).get("val_loss"), tokens=(r["end"] or {}).get("tokens"),
+                  train_time_s=(r["end"] or {}).get("train_time_s"), end_reason=(r["end"] or {}).get("reason"),
+                  depth_curve=r.get("depth_eval", {}).get("results"))
+          for n, r in runs.items() if n.startswith("lm-")}
+    out = dict(provenance=provenance(device), sudoku=sudoku, recursion_beats_no_recursion=verdict, lm=lm, runs=runs,
+               **(extra or {}))
+    with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump(out, f, indent=1, default=str)
+    return out
+
+
+def eval_ckpt(ckpt, mode, data_dir="data", split="test", depths=(), device="cpu", weights="auto", limit=0,
+              n_windows=400):
+    """The JSON-able record for one checkpoint: its training facts and {depth: metrics}."""
+    m, ck, used = load_model(ckpt, device, weights)
+    depths = list(depths)
+    if hasattr(m, "set_depth") and m.inference_reps() not in depths:  # always score the depth it was trained at
+        depths.append(m.inference_reps())
+    data = os.path.join(data_dir, ck["data"]["dataset"])
+    if mode == "puzzle":
+        res = puzzle_metrics(m, data, split, depths, device, limit=limit or None)
+    else:
+        res = lm_depth_curve(m, data, depths, device, n_windows=n_windows)
+    return dict(ckpt=ckpt, mode=mode, split=split if mode == "puzzle" else "val", weights=used,
+                iter_num=ck["iter_num"], tokens_seen=ck["tokens_seen"], val_loss=ck.get("val_loss"),
+                num_params=m.num_params(), trained_depth=m.inference_reps() if hasattr(m, "set_depth") else None,
+                results={str(k): v for k, v in res.items()})
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["summarize"]:
+        ap = argparse.ArgumentParser(description="collect runs into results.json")
+        ap.add_argument("root")
+        ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        ap.add_argument("--extra", default="{}", help="JSON object merged into results.json")
+        a = ap.parse_args(argv[1:])
+        out = summarize(a.root, a.device, json.loads(a.extra))
+        short = lambda d: None if d is None else f"{d['mean']:.4f} [{d['min']:.4f}, {d['max']:.4f}] (n={d['n']})"
+        sudoku = {m: {k: short(v) for k, v in d.items()} for m, d in out["sudoku"].items()}
+        print(json.dumps(dict(sudoku_test_mean_min_max=sudoku,
+                              recursion_beats_no_recursion=out["recursion_beats_no_recursion"], lm=out["lm"]),
+                         indent=1, default=str))
+        return
+    if argv[:1] == ["all"]:  # every run dir under root: sudoku-* as puzzles, lm-* as LM; writes <run>/eval.json
+        ap = argparse.ArgumentParser(description="evaluate every run under a folder (one process)")
+        ap.add_argument("root")
+        ap.add_argument("--data_dir", default="data")
+        ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        ap.add_argument("--puzzle_depths", default="1,2,4,8,16")
+        ap.add_argument("--lm_depths", default="1,2,3,4,6,8")
+        a = ap.parse_args(argv[1:])
+        for name in sorted(os.listdir(a.root)):
+            ck = os.path.join(a.root, name, "ckpt.pt")
+            if not os.path.isfile(ck):
+                continue
+            puzzle = name.startswith("sudoku")
+            depths = [int(d) for d in (a.puzzle_depths if puzzle else a.lm_depths).split(",") if d]
+            try:
+                info = eval_ckpt(ck, "puzzle" if puzzle else "lm", a.data_dir, "test", depths, a.device)
+            except Exception as e:  # one broken run must not hide the others' results
+                info = dict(ckpt=ck, error=f"{type(e).__name__}: {e}")
+            with open(os.path.join(a.root, name, "eval.json"), "w") as f:
+                json.dump(info, f)
+            print(name, json.dumps(info.get("results", info.get("error"))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--mode", choices=("puzzle", "lm"), required=True)
@@ -118,19 +231,8 @@ def main(argv=None):
     ap.add_argument("--n_windows", type=int, default=400)
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
-    m, ck, weights = load_model(a.ckpt, a.device, a.weights)
-    depths = [int(d) for d in a.depths.split(",") if d]
-    data = os.path.join(a.data_dir, ck["data"]["dataset"])
-    if not depths and hasattr(m, "set_depth"):
-        depths = [m.inference_reps()]
-    if a.mode == "puzzle":
-        res = puzzle_metrics(m, data, a.split, depths, a.device, limit=a.limit or None)
-    else:
-        res = lm_depth_curve(m, data, depths, a.device, n_windows=a.n_windows)
-    info = dict(ckpt=a.ckpt, mode=a.mode, split=a.split if a.mode == "puzzle" else "val", weights=weights,
-                iter_num=ck["iter_num"], tokens_seen=ck["tokens_seen"], val_loss=ck.get("val_loss"),
-                num_params=m.num_params(), trained_depth=m.inference_reps() if hasattr(m, "set_depth") else None,
-                results={str(k): v for k, v in res.items()})
+    info = eval_ckpt(a.ckpt, a.mode, a.data_dir, a.split, [int(d) for d in a.depths.split(",") if d], a.device,
+                     a.weights, a.limit, a.n_windows)
     s = json.dumps(info)
     print(s)
     if a.out:
