@@ -646,34 +646,50 @@ def _cuda_ok():
 def run_kernel(opts, rest, argv):
     """The kernels issue owns the WKV-6 timer (wkv6_triton.bench: CUDA events, warm-up excluded, medians of
     per-repeat ms, a measured copy bandwidth for the I/O floor). It writes its own wkv6_bench.json; this converts
-    that into a results file of the one format. `rest` (e.g. --deadline_s=120 --reps=20) goes to it unchanged."""
-    if not _cuda_ok():
-        raise BenchError("--what=kernel times the CUDA/Triton WKV-6 kernels: run it on a CUDA machine")
-    try:
-        import wkv6_triton
-    except Exception as e:  # ImportError, or triton failing to initialise
-        raise BenchError(f"--what=kernel needs wkv6_triton.py (the kernels issue), which cannot be imported: "
-                         f"{type(e).__name__}: {e}") from None
-    if not hasattr(wkv6_triton, "bench"):
-        raise BenchError("wkv6_triton.py has no bench(argv); the kernels issue provides it (python wkv6_triton.py --bench)")
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        wkv6_triton.bench([a for a in rest if not a.startswith("--out=")] + [f"--out={tmp}"])
-        with open(os.path.join(tmp, "wkv6_bench.json")) as f:
-            doc = json.load(f)
+    that into a results file of the one format. `rest` (e.g. --deadline_s=120 --reps=20) goes to it unchanged.
+    --from=PATH converts a wkv6_bench.json measured earlier (on a GPU box) instead of measuring: the device,
+    versions and git sha are the measurement's (from its meta), the source command is kept in the notes."""
+    source = next((a.split("=", 1)[1] for a in rest if a.startswith("--from=")), None)
+    if source:
+        try:
+            with open(source) as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as e:
+            raise BenchError(f"--from={source}: cannot read a wkv6_bench.json there ({e})") from None
+        if not {"meta", "results"} <= set(doc):
+            raise BenchError(f"--from={source} is not wkv6_triton.bench output (no meta/results)")
+    else:
+        if not _cuda_ok():
+            raise BenchError("--what=kernel times the CUDA/Triton WKV-6 kernels: run it on a CUDA machine (or convert "
+                             "an earlier measurement with --from=path/to/wkv6_bench.json)")
+        try:
+            import wkv6_triton
+        except Exception as e:  # ImportError, or triton failing to initialise
+            raise BenchError(f"--what=kernel needs wkv6_triton.py (the kernels issue), which cannot be imported: "
+                             f"{type(e).__name__}: {e}") from None
+        if not hasattr(wkv6_triton, "bench"):
+            raise BenchError("wkv6_triton.py has no bench(argv); the kernels issue provides it (python wkv6_triton.py --bench)")
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            wkv6_triton.bench([a for a in rest if not a.startswith("--out=")] + [f"--out={tmp}"])
+            with open(os.path.join(tmp, "wkv6_bench.json")) as f:
+                doc = json.load(f)
     meta, results = doc["meta"], doc["results"]
     rows = [dict(shape="x".join(map(str, r["shape"])), impl=r["impl"], fwd_ms=r.get("fwd_median_ms"),
                  fwdbwd_ms=r.get("fwdbwd_median_ms"), floor_fwd_ms=r.get("io_floor_fwd_ms"),
                  floor_fwdbwd_ms=r.get("io_floor_fwdbwd_ms"), y_rel_vs_cuda=r.get("y_rel_vs_cuda"),
                  error=r.get("error", "")) for r in results]
     here = provenance("cpu")
-    prov = {**here, "device": "cuda", "device_name": meta["device"], "driver": meta.get("driver"),
+    git = {"sha": meta.get("git_sha"), "dirty": meta.get("git_dirty")} if source else here["git"]
+    prov = {**here, "git": git, "device": "cuda", "device_name": meta["device"], "driver": meta.get("driver"),
             "cuda": meta.get("cuda_runtime"), "versions": {**here["versions"], "torch": meta.get("torch"),
                                                          "triton": meta.get("triton"), "python": meta.get("python")}}
     summary = dict(rows=rows, device_name=meta["device"], copy_bandwidth_GBps=meta.get("copy_bandwidth_GBps"))
     config = {k: meta.get(k) for k in ("N", "dtype", "reps", "seed", "fla", "timing")}
     path = write_results(opts["out"], opts["name"] or "wkv6_kernel", "kernel", "cuda", [meta.get("seed")],
-                         {"wkv6": config}, results, summary, [meta.get("timing", "")], prov=prov, argv=argv)
+                         {"wkv6": config}, results, summary,
+                         [meta.get("timing", "")] + ([f"converted from {source}, measured by: {meta.get('command')}"]
+                                                     if source else []), prov=prov, argv=argv)
     print(f"[bench] wrote {path}")
     return path
 

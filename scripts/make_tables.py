@@ -85,14 +85,20 @@ def backends(b):
 
 
 # ---- rendering --------------------------------------------------------------------------------------------------
-def load_results(results_dir):
+def load_results(results_dir, skipped=None):
+    """bench.py results files (they carry "schema"); other JSON in results/ (raw tool outputs, e.g. a
+    wkv6_bench.json: convert it with `python bench.py --what=kernel --from=FILE`) is not a table source."""
     docs = []
     if not os.path.isdir(results_dir):
         return docs
     for fn in sorted(os.listdir(results_dir)):
         if fn.endswith(".json"):
             with open(os.path.join(results_dir, fn)) as f:
-                docs.append((f"results/{fn}", json.load(f)))
+                doc = json.load(f)
+            if isinstance(doc, dict) and "schema" in doc and "what" in doc:
+                docs.append((f"results/{fn}", doc))
+            elif skipped is not None:
+                skipped.append(fn)
     return docs
 
 
@@ -268,7 +274,12 @@ def main(argv):
         print("\n".join(problems) or "README results section OK")
         return 1 if problems else 0
     update_readme(readme, results_dir)
+    skipped = []
+    load_results(results_dir, skipped)
     print(f"rewrote the results section of {readme} from {results_dir}")
+    for fn in skipped:
+        print(f"skipped results/{fn}: not bench.py's results format (a wkv6_bench.json converts with "
+              f"python bench.py --what=kernel --from=results/{fn} --name=...)")
     return 0
 
 

@@ -304,3 +304,19 @@ def test_train_and_generate_on_cuda(tiny_data, tmp_path):
                                      "--what=generate", "--ctx=16", "--gen_tokens=16", "--gen_batch=1,4",
                                      "--gen_repeats=2", f"--out={tmp_path}", "--name=gpugen"])))
     assert all(r["decode_tok_s"] > 0 and r["path"] == "kv_cache" for r in gen["summary"]["rows"])
+
+
+def test_kernel_mode_converts_an_earlier_measurement(tmp_path):
+    """--from=wkv6_bench.json: the numbers keep the measurement's device, versions, git sha and command."""
+    meta = dict(command="python3 wkv6_triton.py --bench", git_sha="feedbeef", git_dirty=False, device=H100,
+                driver="580.1", torch="2.11", triton="3.6.0", python="3.12.3", cuda_runtime="13.0", seed=1234, reps=20,
+                N=64, dtype="bf16", timing="CUDA events", copy_bandwidth_GBps=2964.7)
+    src = tmp_path / "wkv6_bench.json"
+    src.write_text(json.dumps(dict(meta=meta, results=[dict(shape=[1, 16384, 4, 64], impl="cuda", fwd_median_ms=2.5,
+                                                            fwdbwd_median_ms=7.5, error="OOM")])))
+    doc = json.load(open(bench.main(["--what=kernel", f"--from={src}", f"--out={tmp_path}", "--name=k"])))
+    assert doc["git"] == {"sha": "feedbeef", "dirty": False} and doc["device_name"] == H100
+    assert doc["versions"]["torch"] == "2.11" and any("python3 wkv6_triton.py --bench" in n for n in doc["notes"])
+    assert doc["summary"]["rows"][0]["shape"] == "1x16384x4x64" and doc["summary"]["rows"][0]["error"] == "OOM"
+    with pytest.raises(bench.BenchError, match="not wkv6_triton.bench output"):  # a results file is not a source
+        bench.main(["--what=kernel", f"--from={next(tmp_path.glob('*_k.json'))}", f"--out={tmp_path}"])
