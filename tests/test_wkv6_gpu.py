@@ -167,3 +167,13 @@ def test_triton_fused_schedule(monkeypatch):
     inputs, upstream = make_inputs(2, 1000, 2, 64, 'real', seed=1000, dtype=torch.bfloat16)
     ref = reference((1000, 'bf16'), inputs, upstream)
     check('triton', inputs, upstream, ref, 5e-3)
+
+
+@pytest.mark.parametrize("dtype,T", [('bf16', 1000), ('fp32', 64)])
+def test_cuda_v1_kernels(dtype, T, monkeypatch):
+    """WKV6_CUDA_V1=1 selects the per-step-synchronised kernels (kept as fallback / A-B baseline)."""
+    monkeypatch.setenv('WKV6_CUDA_V1', '1')
+    dt, tol = DTYPES[dtype]
+    inputs, upstream = make_inputs(2, T, 2, 64, 'real', seed=T, dtype=dt)
+    ref = reference((T, dtype), inputs, upstream)
+    check('cuda', inputs, upstream, ref, tol)
