@@ -101,9 +101,11 @@ def test_configs_with_different_inputs_are_refused(tiny_data):
 
 
 def test_warmup_excluded_from_timed_window(tiny_data, monkeypatch):
-    """The first `warmup` steps are made 1 s slower (a stand-in for compilation): the timed steps do not see it.
-    (1 s, not less: a tiny CPU step on a loaded 2-core machine has been seen near 0.4 s.)"""
-    calls = []
+    """Each of the first `warmup` steps costs an extra 1000 s (a stand-in for compilation) on the clock bench.py
+    reads; none of it reaches the timed steps. (A jump of a patched clock, not a real sleep: on a loaded 2-core
+    machine a real tiny step has been seen near 1 s, so any real sleep short enough for CI would be ambiguous.)"""
+    calls, skew, clock = [], [0.0], time.perf_counter
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock() + skew[0])
 
     def slow_build(args):
         m = M.build_model(args)
@@ -112,7 +114,7 @@ def test_warmup_excluded_from_timed_window(tiny_data, monkeypatch):
         def forward(*a, **k):
             calls.append(1)
             if len(calls) <= 2:
-                time.sleep(1.0)
+                skew[0] += 1000.0
             return fwd(*a, **k)
         m.forward = forward
         return m
@@ -120,40 +122,43 @@ def test_warmup_excluded_from_timed_window(tiny_data, monkeypatch):
     cfg = bench.load_config(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}"])
     data = bench.Data(tiny_data, "stdlib_char", "cpu")
     r = bench.measure_train(cfg, data, T=16, batch=2, accum=1, steps=4, warmup=2, seed=0)
-    assert len(calls) == 6 and len(r["step_s"]) == 4
-    assert max(r["step_s"]) < 1.0 and r["window_wall_s"] < 1.0, r["step_s"]
+    assert len(calls) == 6 and len(r["step_s"]) == 4 and skew[0] == 2000.0
+    assert max(r["step_s"]) < 1000 and r["window_wall_s"] < 1000, r["step_s"]
     assert r["tok_s"] == [32 / d for d in r["step_s"]]
+    assert r["window_wall_s"] == pytest.approx(sum(r["step_s"]), rel=0.05, abs=0.05)
 
 
 def test_eval_excluded_from_logged_tok_s(tiny_data, tmp_path):
-    """A 0.3 s sleep injected into every eval batch of a real train.py run (F.cross_entropy with reduction='sum' is
-    the eval's loss) changes neither the train lines' dt/tok_s nor train_time_s, so --what=runs is eval-free too."""
+    """Every eval batch of a real train.py run (F.cross_entropy with reduction='sum' is the eval's loss) moves
+    train.py's clock (time.time) forward by 1000 s: neither the train lines' dt/tok_s nor train_time_s see it, so
+    --what=runs is eval-free too."""
     code = ("import atexit, runpy, sys, time\n"
             "import torch.nn.functional as F\n"
-            "ce, n = F.cross_entropy, [0]\n"
+            "ce, n, clock = F.cross_entropy, [0], time.time\n"
+            "time.time = lambda: clock() + 1000.0 * n[0]\n"
             "def slow(*a, **k):\n"
             "    if k.get('reduction') == 'sum':\n"
-            "        n[0] += 1; time.sleep(0.3)\n"
+            "        n[0] += 1\n"
             "    return ce(*a, **k)\n"
             "F.cross_entropy = slow\n"
-            "atexit.register(lambda: print('EVAL_SLEEPS', n[0]))\n"
+            "atexit.register(lambda: print('EVAL_JUMPS', n[0]))\n"
             "sys.argv = ['train.py'] + sys.argv[1:]\n"
             "runpy.run_path('train.py', run_name='__main__')\n")
     out = tmp_path / "run"
     p = run_py(["-c", code, *TINY, f"--data_dir={tiny_data}", f"--out_dir={out}", "--max_iters=6",
                 "--eval_interval=3", "--eval_iters=1"])
-    sleeps = int(p.stdout.split("EVAL_SLEEPS")[1].split()[0])
-    assert sleeps >= 6, "the injected eval sleep never ran: train.py's eval no longer uses reduction='sum'"
+    jumps = int(p.stdout.split("EVAL_JUMPS")[1].split()[0])
+    assert jumps >= 6, "the injected eval cost never ran: train.py's eval no longer uses reduction='sum'"
     recs = [json.loads(line) for line in open(out / "metrics.jsonl")]
     trains = [r for r in recs if r["kind"] == "train"]
-    assert len(trains) == 6 and max(r["dt_ms"] for r in trains) < 300
-    assert recs[-1]["kind"] == "end" and recs[-1]["train_time_s"] < 0.3 * sleeps / 2
+    assert len(trains) == 6 and max(r["dt_ms"] for r in trains) < 1000 * 1000
+    assert recs[-1]["kind"] == "end" and recs[-1]["train_time_s"] < 1000
     path = bench.main(["--what=runs", f"--metrics={out / 'metrics.jsonl'}", "--tok_window=0,5", "--target=9",
                        f"--out={tmp_path}", "--name=evalfree"])
     s = json.load(open(path))["summary"]
     assert s["tok_s"]["mean"] == pytest.approx(statistics.median(r["tok_s"] for r in trains))
-    assert s["tok_s"]["mean"] > 4 * 32 / 0.3  # a step that contained a 0.3 s eval sleep could not reach this
-    assert s["wall_to_target_s"]["max"] < 0.3 * sleeps / 2
+    assert s["tok_s"]["mean"] > 4 * 32 / 1000  # a step that contained an eval's 1000 s could not reach this
+    assert s["wall_to_target_s"]["max"] < 1000
 
 
 def _synthetic_run(path, seed, device, evals, trains, log_interval=10):
