@@ -130,12 +130,13 @@ def test_warmup_excluded_from_timed_window(tiny_data, monkeypatch):
 
 def test_eval_excluded_from_logged_tok_s(tiny_data, tmp_path):
     """Every eval batch of a real train.py run (F.cross_entropy with reduction='sum' is the eval's loss) moves
-    train.py's clock (time.time) forward by 1000 s: neither the train lines' dt/tok_s nor train_time_s see it, so
+    the process's clocks (time.time / perf_counter / monotonic) forward by 1000 s: neither the train lines' dt/tok_s nor train_time_s see it, so
     --what=runs is eval-free too."""
     code = ("import atexit, runpy, sys, time\n"
             "import torch.nn.functional as F\n"
-            "ce, n, clock = F.cross_entropy, [0], time.time\n"
-            "time.time = lambda: clock() + 1000.0 * n[0]\n"
+            "ce, n = F.cross_entropy, [0]\n"
+            "for _f in ('time', 'perf_counter', 'monotonic'):  # whichever clock train.py times steps with\n"
+            "    setattr(time, _f, (lambda c: lambda: c() + 1000.0 * n[0])(getattr(time, _f)))\n"
             "def slow(*a, **k):\n"
             "    if k.get('reduction') == 'sum':\n"
             "        n[0] += 1\n"
