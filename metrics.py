@@ -42,9 +42,13 @@ def git_info():
             return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
-    sha = run("git", "rev-parse", "HEAD") or None
-    dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no")) if sha else None
-    return {"sha": sha, "dirty": dirty}
+    sha = run("git", "rev-parse", "HEAD")
+    if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
+        return {"sha": sha, "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
+    # no repository here (a GPU box gets a copy of the tree without .git): the launcher states the commit
+    sha = os.environ.get("LAB_GIT_SHA")
+    return {"sha": sha, "dirty": os.environ.get("LAB_GIT_DIRTY") == "1" if sha else None,
+            "source": "LAB_GIT_SHA (set by the launcher; no .git on this machine)" if sha else "unknown: no .git"}
 
 
 def device_info(device):
