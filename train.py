@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
 import prepare
-from checkpoint import (CheckpointError, FORMAT_VERSION, clean_state_dict, load_checkpoint, rng_state,
+from checkpoint import (CheckpointError, FORMAT_VERSION as _FORMAT_VERSION, clean_state_dict, load_checkpoint, rng_state,
                         save_checkpoint, set_rng_state)
 from configurator import ConfigError, configure
 from metrics import MetricsLog, loss_curve, peak_flops, provenance
@@ -331,7 +331,7 @@ def make_checkpoint(val_loss):
     ema_sd = None
     if ema_params is not None:
         ema_sd = {name: e.to(p.dtype) for (name, p), e in zip(raw_model.named_parameters(), ema_params)}
-    return dict(format_version=FORMAT_VERSION, model_type=model_type, model_args=model_args,
+    return dict(format_version=_FORMAT_VERSION, model_type=model_type, model_args=model_args,
                 model=raw_model.state_dict(), ema=ema_sd, optimizer=optimizer.state_dict(),
                 scaler=scaler.state_dict() if scaler.is_enabled() else None, iter_num=iter_num,
                 tokens_seen=tokens_seen, best_val_loss=best_val_loss, best_iter=best_iter, config=config, rng=rngs,
