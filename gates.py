@@ -1,0 +1,1098 @@
+"""Validation gates: every number computed on the checkpoint it names (its real weights and states), from a seed.
+
+    python gates.py --ckpt=out/ckpt.pt [--gates=all|G1,S2,...] [--baseline=out-gpt/ckpt.pt] [--seed=0] [--device=cuda]
+    python gates.py config/gf_mh_8m.py [--key=value ...]      # fresh weights: the gates that need no training
+
+Prints a table (gate, value, status, threshold), writes gates.json (provenance, checkpoint + iter + data identity,
+seed, every row and curve) and gates.png (loss curves from the run's metrics.jsonl, LRD, D4, retrieval, state
+growth) next to the checkpoint or into --out, and exits 1 on any FAIL (2 on bad input). Gates that do not apply
+to a family say "n/a (why)". Every threshold is in THRESHOLDS below, with why. Statuses: PASS / WARN / FAIL,
+n/a, and INFO for pure measurements (head-to-head speed, memory, CER) that have nothing to pass.
+"""
+import ast
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import prepare
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint, FORMAT_VERSION
+from configurator import ConfigError, configure
+from metrics import provenance, read_metrics
+from model import COMMON_CONFIG, all_family_configs, build_model, model_args_from
+
+# ---- every threshold, one line each on why -------------------------------------------------------------------
+THRESHOLDS = dict(
+    kernel_rel_err=1e-3,      # fp32 kernel vs float64 reference on random input: reordered fp32 sums (and TF32 dots) stay ~1e-5; a bug is O(1)
+    g2_entropy_pass=0.9,      # fresh model: mean next-token entropy / ln V near 1 = no token favoured before training
+    g2_entropy_fail=0.5,      # below half of ln V the init already commits to few tokens (saturated logits)
+    g3_drop_pass=0.10,        # short train: loss must fall >= 10% from its start (ln V) in g3_steps steps on real data
+    g3_drop_fail=0.02,        # < 2%: not learning (lr 0, frozen params, detached graph)
+    g3_grad_band=(1e-3, 1e2), # median pre-clip grad norm outside this = vanishing or exploding at init
+    spike_ratio=2.0,          # a loss > 2x its running mean (previous 10 steps) is a spike (groundthink's red line)
+    g4_ablate_fail=0.005,     # zeroing a branch must raise val loss by >= 0.5% (relative): below, the branch is dead
+    g4_ablate_pass=0.02,      # >= 2% relative: the branch clearly matters
+    g4_grad_band=(0.1, 10.0), # RWKV/Mamba grad-norm ratio outside: WARN only (a gradient ratio is not a contribution)
+    gate_saturation=0.02,     # a fusion gate whose mean is within 2% of 0 or 1 has switched a branch off: WARN
+    s1_rms_max=1e4,           # state RMS over a long real input above this = unbounded accumulation
+    s2_rel_diff_fail=1e-3,    # two different real inputs must give states differing by >= 0.1% (relative)
+    s2_rel_diff_pass=1e-2,
+    s3_rel_tol=1e-5,          # same input twice: states equal up to non-deterministic GPU reductions
+    d1_doubling_fail=2.0,     # decays <= 1 allow at most linear growth (x2 per doubling of length); more = diverging
+    d1_doubling_warn=1.5,     # between sqrt (random-walk, 1.41x) and linear growth per doubling: WARN
+    d2_spread_fail=1e-3,      # per-dim std of states across 16 inputs / state RMS: below = collapsed state
+    d2_spread_pass=1e-2,
+    d3_share_fail=0.02,       # ablation share of the weaker branch: < 2% of the total damage = one branch does it all
+    d3_share_pass=0.10,
+    d4_d1_min=1e-3,           # perturbing the previous token must move the final logits by >= 0.1% (any LM uses it)
+    d4_reach=1e-4,            # "reach" = largest distance whose perturbation still moves the logits by >= 1e-4 (report)
+    overfit_loss=0.5,         # a healthy model memorises 10 fixed sequences below 0.5 nats/token
+    overfit_warn_frac=0.5,    # not below 0.5 but under half the initial loss: WARN (slow), else FAIL
+    reeval_rel_tol_fp32=1e-4, # recomputed val loss vs the checkpoint's, same windows, fp32: summation order only
+    reeval_rel_tol_lowp=3e-3, # bf16/fp16 autocast (and torch.compile in the run) round differently: 0.3%
+    resume_rel_tol=1e-5,      # reloaded logits / next step vs in-memory: exact on CPU; GPU atomics reorder sums
+    frozen_min_delta=1e-7,    # two evals of different weights with val loss equal to 1e-7 = a frozen / stale val
+    leak_fail=0.5,            # >= 50% of sampled val n-grams found verbatim in train = val copied from train
+    leak_warn=0.2,            # code repeats boilerplate: 64-char (char) / 32-token (BPE) n-grams reuse well below 20%
+    div_top_fail=0.5,         # samples: one token above max(50%, 2x its share in real val text) = mode collapse
+    div_distinct2_fail=0.25,  # distinct bigrams below 25% of real text's (same length) = looping
+    div_distinct2_warn=0.5,
+    lrd_benefit_fail=1.0,     # % loss drop from 8 tokens of context to block_size on the SAME targets: < 1% = context unused
+    lrd_benefit_pass=3.0,     # char and BPE models of this lab show >= 10%; 3% is a weak but real use of context
+    ucw_tol=1.02,             # a window k x block is "useful" while its loss stays within 2% of the last half of 1x
+    retr_gain_fail=0.1,       # 2nd occurrence of a planted random span must remove >= 10% of the 1st's loss
+    retr_gain_pass=0.5,       # "far better": half the loss gone
+    sps_margin=0.1,           # state persistence = largest distance whose retrieval gain is still >= 10%
+    h2h_loss_pass=1.05,       # loss ratio vs baseline at equal tokens: within 5% = promising (groundthink V5)
+    h2h_loss_fail=1.30,       # > 1.3x the baseline's loss is groundthink's red line
+    act_mode_max=0.95,        # recursive model: one halting depth for >= 95% of tokens = halting is degenerate
+)
+TH = THRESHOLDS
+
+# ---- gates.py's own keys (train.py's keys and every family's are accepted too, so config files work) ----------
+GATE_KEYS = dict(
+    ckpt="",               # trained checkpoint; empty = fresh-weights gates from the config
+    gates="all",           # all | comma list of gate names (see ORDER)
+    baseline="",           # baseline checkpoint for the head-to-head (its metrics.jsonl must sit next to it)
+    out="",                # output folder (default: the checkpoint's folder, or out_dir for fresh runs)
+    g3_steps=100,          # G3 short-train steps
+    overfit_steps=300,     # Overfit: at most this many full-batch steps
+    overfit_lr=3e-3,
+    n_val_windows=128,     # windows of block_size for G4 ablations / Baselines model loss
+    lrd_windows=256,       # LRD: windows (4 scored targets each)
+    long_len=4096,         # S1/D1/D4/retrieval: the long horizon (stateful families)
+    ucw_seqs=16,           # UCW: sequences of 8 x block_size
+    retrieval_trials=8,    # planted spans per distance
+    div_tokens=256,        # Diversity: tokens sampled per sample (4 samples)
+)
+ORDER = ["G0", "G1", "G2", "G3", "G4", "S0", "S1", "S2", "S3", "S4", "D1", "D2", "D3", "D4", "Overfit", "Baselines",
+         "Reeval", "Resume", "Frozen", "Leak", "Diversity", "LRD", "UCW", "Retrieval", "SPS", "ACT", "H2H"]
+FRESH = {"G0", "G1", "G2", "G3", "G4", "S0", "S1", "S2", "S3", "S4", "Overfit", "Baselines", "Resume", "Leak", "ACT"}
+
+
+def train_defaults():
+    """train.py's config keys and defaults, read from its source (it cannot be imported: it runs)."""
+    src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")).read()
+    tree = ast.parse(src)
+    first_def = min(n.lineno for n in tree.body if isinstance(n, ast.FunctionDef))
+    out = {}
+    for n in tree.body:
+        if isinstance(n, ast.Assign) and n.lineno < first_def and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+            try:
+                out[n.targets[0].id] = ast.literal_eval(n.value)
+            except ValueError:
+                pass
+    cuda = torch.cuda.is_available()
+    out.update(device="cuda" if cuda else "cpu", compile=False,
+               dtype="bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32")
+    return out
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+def row(gate, value, status, threshold="", note=""):
+    return dict(gate=gate, value=value, status=status, threshold=threshold, note=note)
+
+
+def na(gate, why):
+    return row(gate, "-", "n/a", "", why)
+
+
+def grade(x, pass_at, fail_at, higher_better=True):
+    if not math.isfinite(x):
+        return "FAIL"
+    if higher_better:
+        return "PASS" if x >= pass_at else ("WARN" if x >= fail_at else "FAIL")
+    return "PASS" if x <= pass_at else ("WARN" if x <= fail_at else "FAIL")
+
+
+def worst(*s):
+    for k in ("FAIL", "WARN", "PASS"):
+        if k in s:
+            return k
+    return s[0] if s else "n/a"
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def seed_of(*parts):
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def flat_state(st, prefix=""):
+    """Any nested list/dict of tensors -> {path: tensor} (a family's state is opaque to the gates)."""
+    out = {}
+    if torch.is_tensor(st):
+        out[prefix or "state"] = st
+    elif isinstance(st, dict):
+        for k, v in st.items():
+            out.update(flat_state(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(st, (list, tuple)):
+        for i, v in enumerate(st):
+            out.update(flat_state(v, f"{prefix}.L{i}" if prefix else f"L{i}"))
+    return out
+
+
+class Ctx:
+    """Everything a gate reads: the model (eval mode) and how it was made, the data, the run's records."""
+
+    def __init__(self, model, args, cfg, train, val, meta, device="cpu", dtype="float32", seed=0, fresh=False,
+                 ckpt=None, ckpt_path=None, metrics=None, baseline="", opts=None, labels=None):
+        self.model, self.args, self.cfg, self.meta = model.eval(), args, cfg, meta
+        self.train, self.val, self.labels = np.asarray(train), np.asarray(val), labels or {}
+        self.V, self.T = int(args["vocab_size"]), int(args["block_size"])
+        self.dev, self.seed, self.fresh = torch.device(device), seed, fresh
+        self.ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        if self.dev.type == "cpu" and self.ptdtype == torch.float16:
+            self.ptdtype = torch.float32
+        self.ckpt, self.ckpt_path, self.metrics, self.baseline = ckpt, ckpt_path, metrics, baseline
+        self.opts = {**GATE_KEYS, **(opts or {})}
+        self.stateful = hasattr(model, "init_state")
+        self.horizon = 10 ** 9 if self.stateful else self.T  # tokens the model can see at once
+        self.curves, self.cache = {}, {}
+
+    def amp(self, dtype=None):
+        dt = dtype or self.ptdtype
+        return nullcontext() if dt == torch.float32 else torch.autocast(self.dev.type, dtype=dt)
+
+    def gen(self, *tag):
+        return np.random.default_rng(seed_of(self.seed, *tag))
+
+    def windows(self, split, n, T, tag):
+        data = self.val if split == "val" else self.train
+        if len(data) < T + 2:
+            raise ValueError(f"the {split} split has {len(data)} tokens, fewer than a window of {T + 1}")
+        offs = self.gen(split, tag, n, T).integers(0, len(data) - T - 1, n)
+        x, y = prepare.get_windows(data, offs, T)
+        return x.to(self.dev), y.to(self.dev)
+
+    def fresh_model(self):
+        torch.manual_seed(self.seed)
+        return build_model(self.args).to(self.dev)
+
+    def optimizer(self, m, lr=None, wd=None):
+        c = self.cfg
+        return m.configure_optimizers(c.get("weight_decay", 0.1) if wd is None else wd,
+                                      lr or c.get("learning_rate", 1e-3),
+                                      (c.get("beta1", 0.9), c.get("beta2", 0.99)), self.dev.type)
+
+
+def token_losses(model, c, x, y, amp=True):
+    with c.amp() if amp else nullcontext():
+        logits, _ = model(x)
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1,
+                           reduction="none").view(y.shape)
+
+
+@torch.no_grad()
+def mean_loss(model, c, x, y, bs=32):
+    tot, n = 0.0, 0
+    for i in range(0, len(x), bs):
+        tl = token_losses(model, c, x[i:i + bs], y[i:i + bs])
+        tot += tl.sum().double().item()
+        n += (y[i:i + bs] != -1).sum().item()
+    return tot / max(n, 1)
+
+
+@torch.no_grad()
+def long_forward(model, c, x, chunk, fn=None, amp=True):
+    """Logits of a long sequence: one forward within the horizon, else segments of `chunk` with carried state.
+    fn(pos_end, state) is called after each segment (stateful families)."""
+    if x.size(1) <= c.horizon and fn is None:
+        with c.amp():
+            return model(x)[0].float()
+    if not c.stateful:
+        raise ValueError(f"{x.size(1)} tokens exceed what the model sees ({c.horizon})")
+    out, state = [], None
+    for s in range(0, x.size(1), chunk):
+        with c.amp() if amp else nullcontext():
+            logits, _, state = model(x[:, s:s + chunk], state=state, return_state=True)
+        out.append(logits.float())
+        if fn is not None:
+            fn(min(s + chunk, x.size(1)), state)
+    return torch.cat(out, 1)
+
+
+def val_loss(c, tag="base"):
+    """Mean val loss on the gates' windows, position 0 unscored (every scored token has >= 1 token of context,
+    as the bigram it is compared with)."""
+    key = f"val_loss/{tag}"
+    if key not in c.cache:
+        x, y = c.windows("val", c.opts["n_val_windows"], c.T, "val_loss")
+        y = y.clone()
+        y[:, 0] = -1
+        c.cache[key] = mean_loss(c.model, c, x, y)
+    return c.cache[key]
+
+
+def has_branches(m):
+    b = getattr(m, "blocks", None)
+    return b is not None and len(b) and hasattr(m, "ablate") and getattr(b[0], "rwkv", None) is not None \
+        and getattr(b[0], "mamba", None) is not None
+
+
+# ---- G: kernels, forward, init, short train, balance -----------------------------------------------------------
+def gate_G0(c):
+    rows, m, dev, tol = [], c.model, c.dev, TH["kernel_rel_err"]
+    g = torch.Generator().manual_seed(seed_of(c.seed, "G0"))
+    rn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    blocks = getattr(m, "blocks", None)
+    if blocks is not None and getattr(blocks[0], "rwkv", None) is not None:
+        import wkv6 as W
+        N, B, T, H = blocks[0].rwkv.N, 2, 80, 2
+        r, k, v = rn(B, T, H, N) * 0.5, rn(B, T, H, N) * 0.5, rn(B, T, H, N)
+        w, u, s0 = -torch.exp(rn(B, T, H, N) * 0.5 - 1.0), rn(H, N) * 0.3, rn(B, H, N, N) * 0.1
+        yr, sr = W.wkv6_naive(r, k, v, w, u, s0)
+        names = ["torch"] + ([b for b, ok in (("cuda", W._cuda_ok), ("triton", W._triton_ok)) if ok(N)]
+                             if dev.type == "cuda" else [])
+        for b in names:
+            y, s = W.wkv6(*(t.float().to(dev) for t in (r, k, v, w, u)), state=s0.float().to(dev), backend=b)
+            e = max(rel(y.cpu(), yr), rel(s.cpu(), sr))
+            rows.append(row(f"G0 wkv6/{b}", f"{e:.1e}", "PASS" if e <= tol else "FAIL", f"rel err <= {tol:g}",
+                            "vs float64 wkv6_naive, y and final state"))
+    if blocks is not None and getattr(blocks[0], "mamba", None) is not None:
+        import mamba2
+        mb = blocks[0].mamba
+        b, L, Hh, P, Ns = 2, 100, mb.nheads, mb.headdim, mb.d_state
+        x, dt = rn(b, L, Hh, P), F.softplus(rn(b, L, Hh) - 2)
+        A, Bm, Cm, s0 = -torch.exp(rn(Hh) * 0.5), rn(b, L, Ns), rn(b, L, Ns), rn(b, Hh, P, Ns) * 0.1
+        yr, sr = mamba2.ssd_naive(x, dt, A, Bm, Cm, s0)
+        y, s = mamba2.ssd_chunked(*(t.float().to(dev) for t in (x, dt, A, Bm, Cm)), mb.chunk, s0.float().to(dev))
+        e = max(rel(y.cpu(), yr), rel(s.cpu(), sr))
+        rows.append(row("G0 ssd/torch", f"{e:.1e}", "PASS" if e <= tol else "FAIL", f"rel err <= {tol:g}",
+                        "built-in chunked SSD vs float64 sequential scan"))
+        if dev.type == "cuda" and mamba2.resolve_backend("auto", dev) == "mamba_ssm":
+            mx = copy.deepcopy(mb).float()
+            u = torch.randn(2, 200, mx.d_model, device=dev, generator=torch.Generator(dev).manual_seed(c.seed))
+            with torch.no_grad():
+                mx.backend = "mamba_ssm"
+                a = mx(u)[0]
+                mx.backend = "torch"
+                bref = mx(u)[0]
+            e = rel(a, bref)
+            rows.append(row("G0 mamba_ssm", f"{e:.1e}", "PASS" if e <= tol else "FAIL", f"rel err <= {tol:g}",
+                            "library mixer vs built-in, the model's layer-0 weights"))
+        elif dev.type == "cuda":
+            rows.append(na("G0 mamba_ssm", "mamba-ssm not importable here; the built-in SSD runs"))
+    if getattr(m, "attention_path", None) is not None:
+        q, k, v = (rn(2, 4, 64, 16).float().to(dev) for _ in range(3))
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        mask = torch.ones(64, 64, dtype=torch.bool, device=dev).tril()
+        ref = ((q.double() @ k.double().transpose(-2, -1)) / 4.0).masked_fill(~mask, float("-inf")).softmax(-1) @ v.double()
+        e = rel(a, ref)
+        rows.append(row("G0 attention/sdpa", f"{e:.1e}", "PASS" if e <= tol else "FAIL", f"rel err <= {tol:g}",
+                        "causal SDPA vs float64 masked softmax"))
+    return rows or [na("G0", f"{type(m).__name__} declares no custom kernels")]
+
+
+@torch.no_grad()
+def gate_G1(c):
+    x, y = c.windows("val", 4, c.T, "G1")
+    with c.amp():
+        logits, loss = c.model(x, y)
+    ok_shape = tuple(logits.shape) == (4, c.T, c.V)
+    finite = bool(torch.isfinite(logits).all()) and loss is not None and math.isfinite(loss.item())
+    st = "PASS" if ok_shape and finite else "FAIL"
+    return [row("G1", f"loss {loss.item():.4f}, logits {tuple(logits.shape)}", st, "shape [B,T,V], all finite",
+                "real val windows" + (" (fresh)" if c.fresh else ""))]
+
+
+@torch.no_grad()
+def gate_G2(c):
+    m = c.fresh_model().eval()
+    x, _ = c.windows("val", 8, min(c.T, 256), "G2")
+    with c.amp():
+        logits = m(x)[0].float()
+    lp = logits.log_softmax(-1)
+    ratio = (-(lp.exp() * lp).sum(-1).mean() / math.log(c.V)).item()
+    return [row("G2", f"H/lnV {ratio:.3f}", grade(ratio, TH["g2_entropy_pass"], TH["g2_entropy_fail"]),
+                f">= {TH['g2_entropy_pass']} (FAIL < {TH['g2_entropy_fail']})", "fresh weights, real val windows")]
+
+
+def gate_G3(c):
+    m = c.fresh_model().train()
+    steps, lr = int(c.opts["g3_steps"]), c.cfg.get("learning_rate", 1e-3)
+    opt = c.optimizer(m)
+    warm = max(1, min(int(c.cfg.get("warmup_iters", 10)), steps // 5))
+    clip = c.cfg.get("grad_clip", 1.0) or float("inf")
+    bs, T = int(c.cfg.get("batch_size", 16)), c.T
+    losses, norms = [], []
+    for it in range(steps):
+        for grp in opt.param_groups:
+            grp["lr"] = lr * min(1.0, (it + 1) / warm) * grp.get("lr_mult", 1.0)
+        offs = prepare.window_offsets(c.seed, it, 0, bs, len(c.train), T)
+        x, y = (t.to(c.dev) for t in prepare.get_windows(c.train, offs, T))
+        with c.amp():
+            _, loss = m(x, y)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(m.parameters(), clip).item())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    k = max(3, steps // 10)
+    first, last = float(np.mean(losses[:3])), float(np.mean(losses[-k:]))
+    drop = (first - last) / first if math.isfinite(first) else float("nan")
+    med = float(np.median(norms))
+    spike = max([losses[t] / np.mean(losses[max(0, t - 10):t]) for t in range(5, steps)] or [1.0])
+    lo, hi = TH["g3_grad_band"]
+    st = worst(grade(drop, TH["g3_drop_pass"], TH["g3_drop_fail"]),
+               "PASS" if all(map(math.isfinite, norms)) and lo <= med <= hi else ("FAIL" if not math.isfinite(med) else "WARN"),
+               "FAIL" if not spike <= TH["spike_ratio"] else "PASS")
+    c.curves["G3"] = dict(loss=losses, grad_norm=norms)
+    return [row("G3", f"loss {first:.3f}->{last:.3f} ({-drop * 100:+.0f}%), |g| med {med:.2g}, max spike {spike:.2f}x",
+                st, f"drop >= {TH['g3_drop_pass']:.0%}, |g| in {lo:g}..{hi:g}, spike <= {TH['spike_ratio']}x",
+                f"{steps} steps from fresh weights on real train windows, lr {lr:g}")]
+
+
+def ablation(c):
+    """Val loss of the model, then with each branch's output zeroed (Hybrid.ablate), on the same windows."""
+    if "ablation" not in c.cache:
+        out = {"base": val_loss(c)}
+        for br in ("rwkv", "mamba"):
+            with c.model.ablate(br):
+                out[br] = val_loss(c, br)
+        c.cache["ablation"] = out
+    return c.cache["ablation"]
+
+
+def gate_G4(c):
+    m = c.model
+    if not has_branches(m):
+        return [na("G4", "not a two-branch hybrid")]
+    rows = []
+    # per-branch gradient norms, one backward on a real train batch (no update)
+    x, y = c.windows("train", int(c.cfg.get("batch_size", 16)), c.T, "G4")
+    m.zero_grad(set_to_none=True)
+    with c.amp():
+        loss = m(x, y)[1]
+    loss.backward()
+    gn = lambda mods: math.sqrt(sum(float(p.grad.float().pow(2).sum()) for md in mods for p in md.parameters()  # noqa: E731
+                                    if p.grad is not None))
+    gr, gm = gn([b.rwkv for b in m.blocks]), gn([b.mamba for b in m.blocks])
+    m.zero_grad(set_to_none=True)
+    ratio = gr / max(gm, 1e-30)
+    lo, hi = TH["g4_grad_band"]
+    rows.append(row("G4 grad R/M", f"{ratio:.3g} ({gr:.2g}/{gm:.2g})", "PASS" if lo <= ratio <= hi else "WARN",
+                    f"{lo:g}..{hi:g} (WARN only)", "global grad-norm ratio, one real batch"))
+    if c.fresh:
+        rows.append(na("G4 ablation", "fresh weights: the RWKV output projection starts at zero, ablation is trivial"))
+    else:
+        a = ablation(c)
+        dr, dm = (a["rwkv"] - a["base"]) / a["base"], (a["mamba"] - a["base"]) / a["base"]
+        rows.append(row("G4 ablation", f"val {a['base']:.4f}; -RWKV {dr * 100:+.1f}%, -Mamba {dm * 100:+.1f}%",
+                        grade(min(dr, dm), TH["g4_ablate_pass"], TH["g4_ablate_fail"]),
+                        f"each >= +{TH['g4_ablate_pass']:.0%} (FAIL < +{TH['g4_ablate_fail']:.1%})",
+                        "branch output zeroed in every layer, same val windows"))
+    xv, _ = c.windows("val", 8, c.T, "gate")
+    layers = m.introspect(xv)["layers"]
+    stats, sat = [], False
+    for d in layers:
+        gt = d.get("gate")
+        if gt is None:
+            continue
+        if isinstance(gt, tuple):  # HY gains (per channel): report the mean of each
+            stats.append(f"{gt[0].float().mean().item():.2f}/{gt[1].float().mean().item():.2f}")
+            continue
+        mu, sd = gt.float().mean().item(), gt.float().std().item() if gt.numel() > 1 else 0.0
+        sat |= mu < TH["gate_saturation"] or mu > 1 - TH["gate_saturation"]
+        stats.append(f"{mu:.2f}±{sd:.2f}")
+    if stats:
+        rows.append(row("G4 gate", " ".join(stats), "WARN" if sat else "PASS",
+                        f"mean in {TH['gate_saturation']}..{1 - TH['gate_saturation']}", "per layer, over val tokens"))
+    return rows
+
+
+# ---- S / D: states of the real weights ---------------------------------------------------------------------------
+@torch.no_grad()
+def states(c):
+    if "states" not in c.cache:
+        T = min(c.T, 256)
+        xa, _ = c.windows("val", 16, T, "S-a")
+        xb, _ = c.windows("val", 16, T, "S-b")
+        run = lambda x: {k: v.float().clone() for k, v in flat_state(c.model(x, return_state=True)[2]).items()}  # noqa: E731
+        c.cache["states"] = dict(a=run(xa), a2=run(xa), b=run(xb), half=run(xa[:, :T // 2]),
+                                 init=flat_state(c.model.init_state(16, c.dev)))
+    return c.cache["states"]
+
+
+@torch.no_grad()
+def long_states(c):
+    """State RMS per component along one long real input (carried state in 64-token segments)."""
+    if "long" not in c.cache:
+        L = min(int(c.opts["long_len"]), len(c.val) - 2)
+        x, _ = c.windows("val", 2, L, "long")
+        marks = {p: None for p in [64 * 2 ** i for i in range(20) if 64 * 2 ** i <= L]}
+        traj = {}
+
+        def note(pos, st):
+            if pos in marks:
+                for k, v in flat_state(st).items():
+                    traj.setdefault(k, []).append((pos, v.float().pow(2).mean().sqrt().item()))
+        long_forward(c.model, c, x, 64, note)
+        c.cache["long"] = traj
+        c.curves["D1"] = {k: v for k, v in traj.items()}
+    return c.cache["long"]
+
+
+def stateful_only(fn):
+    def wrapped(c):
+        if not c.stateful:
+            return [na(fn.__name__[5:], f"{type(c.model).__name__} has no recurrent state (init_state)")]
+        return fn(c)
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+@stateful_only
+def gate_S0(c):
+    s = states(c)
+    same = set(s["a"]) == set(s["init"]) == set(s["half"]) and all(
+        s["a"][k].shape == s["init"][k].shape == s["half"][k].shape for k in s["a"])
+    nbytes = sum(v.numel() * 4 for v in s["a"].values()) // 16
+    return [row("S0", f"{len(s['a'])} tensors, {nbytes / 1024:.1f} KiB/sequence", "PASS" if same else "FAIL",
+                "shapes = init_state's, independent of T", "states of the real weights on val text")]
+
+
+@stateful_only
+def gate_S1(c):
+    traj = long_states(c)
+    mx = max(r for v in traj.values() for _, r in v)
+    L = max(p for v in traj.values() for p, _ in v)
+    st = "PASS" if math.isfinite(mx) and mx <= TH["s1_rms_max"] else "FAIL"
+    return [row("S1", f"max RMS {mx:.3g} over {L} tokens", st, f"finite, RMS <= {TH['s1_rms_max']:g}",
+                "carried state, real val text")]
+
+
+@stateful_only
+def gate_S2(c):
+    s = states(c)
+    d = {k: ((s["a"][k] - s["b"][k]).norm() / (s["a"][k].norm() + s["b"][k].norm()).clamp_min(1e-30)).item()
+         for k in s["a"]}
+    k = min(d, key=d.get)
+    return [row("S2", f"min rel diff {d[k]:.2g} ({k})", grade(d[k], TH["s2_rel_diff_pass"], TH["s2_rel_diff_fail"]),
+                f">= {TH['s2_rel_diff_pass']:g} (FAIL < {TH['s2_rel_diff_fail']:g})", "two sets of val windows")]
+
+
+@stateful_only
+def gate_S3(c):
+    s = states(c)
+    e = max(rel(s["a2"][k], s["a"][k]) if s["a"][k].norm() > 0 else s["a2"][k].abs().max().item() for k in s["a"])
+    return [row("S3", f"max rel diff {e:.1e}", "PASS" if e <= TH["s3_rel_tol"] else "FAIL",
+                f"<= {TH['s3_rel_tol']:g}", "same input twice")]
+
+
+@stateful_only
+def gate_S4(c):
+    s = states(c)["a"]
+    groups = {}
+    for k, v in s.items():
+        groups.setdefault(k.split(".")[-1], []).append(v.pow(2).mean().item())
+    rms = {g: math.sqrt(np.mean(v)) for g, v in groups.items()}
+    dead = [g for g, r in rms.items() if not (math.isfinite(r) and r > 0)]
+    return [row("S4", " ".join(f"{g} {r:.3g}" for g, r in rms.items()), "FAIL" if dead else "PASS",
+                "every component finite and non-zero", f"RMS per state component, side by side"
+                + (f"; dead: {dead}" if dead else ""))]
+
+
+@stateful_only
+def gate_D1(c):
+    if c.fresh:
+        return [na("D1", "needs trained weights")]
+    traj = long_states(c)
+    worst_k, worst_r, growth = None, 0.0, 0.0
+    for k, v in traj.items():
+        if len(v) < 2 or v[0][1] <= 0:
+            continue
+        r = v[-1][1] / max(v[-2][1], 1e-30)
+        growth = max(growth, v[-1][1] / v[0][1])
+        if r > worst_r:
+            worst_k, worst_r = k, r
+    if worst_k is None:
+        return [na("D1", "input too short for two doublings from 64 tokens")]
+    return [row("D1", f"last doubling x{worst_r:.2f} ({worst_k}), 64->{v[-1][0]} x{growth:.2f}",
+                grade(worst_r, TH["d1_doubling_warn"], TH["d1_doubling_fail"], higher_better=False),
+                f"<= {TH['d1_doubling_warn']} per doubling (FAIL > {TH['d1_doubling_fail']})", "state RMS growth")]
+
+
+@stateful_only
+def gate_D2(c):
+    if c.fresh:
+        return [na("D2", "needs trained weights")]
+    s = states(c)["a"]
+    spread = {k: (v.std(0).mean() / v.pow(2).mean().sqrt().clamp_min(1e-30)).item() for k, v in s.items()}
+    k = min(spread, key=spread.get)
+    return [row("D2", f"min spread {spread[k]:.2g} ({k})", grade(spread[k], TH["d2_spread_pass"], TH["d2_spread_fail"]),
+                f">= {TH['d2_spread_pass']:g} (FAIL < {TH['d2_spread_fail']:g})", "per-dim std across 16 inputs / RMS")]
+
+
+def gate_D3(c):
+    if not has_branches(c.model):
+        return [na("D3", "not a two-branch hybrid")]
+    if c.fresh:
+        return [na("D3", "needs trained weights")]
+    a = ablation(c)
+    dr, dm = max(a["rwkv"] - a["base"], 0.0), max(a["mamba"] - a["base"], 0.0)
+    share = min(dr, dm) / (dr + dm) if dr + dm > 0 else 0.0
+    return [row("D3", f"RWKV {dr / max(dr + dm, 1e-30):.0%} / Mamba {dm / max(dr + dm, 1e-30):.0%} of ablation damage",
+                grade(share, TH["d3_share_pass"], TH["d3_share_fail"]),
+                f"weaker >= {TH['d3_share_pass']:.0%} (FAIL < {TH['d3_share_fail']:.0%})", "ablation share, not norm share")]
+
+
+@torch.no_grad()
+def gate_D4(c):
+    if c.fresh:
+        return [na("D4", "needs trained weights")]
+    L = min(int(c.opts["long_len"]), c.horizon - 1, len(c.val) - 3)
+    x, _ = c.windows("val", 4, L + 1, "D4")
+    shift = torch.as_tensor(c.gen("D4-tok").integers(1, c.V, 4), device=c.dev)
+    ds = [d for d in [2 ** i for i in range(20)] if d <= L]
+    sens = {}
+    for d in ds:  # one fixed context of L+1 tokens; the token d positions before the last one is changed
+        xp = x.clone()
+        xp[:, L - d] = (xp[:, L - d] + shift) % c.V
+        lg = _fp32_last_logits(c, torch.cat([x, xp]))
+        a, b = lg[:4], lg[4:]
+        sens[d] = ((a - b).norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-30)).mean().item()
+    c.curves["D4"] = sens
+    reach = max([d for d, s in sens.items() if s >= TH["d4_reach"]] or [0])
+    return [row("D4", f"d=1: {sens[1]:.3g}, reach {reach} (max d {ds[-1]})", "PASS" if sens[1] >= TH["d4_d1_min"] else "FAIL",
+                f"d=1 >= {TH['d4_d1_min']:g}; reach: >= {TH['d4_reach']:g}", "rel change of final logits, fp32")]
+
+
+def _fp32_last_logits(c, x):
+    if x.size(1) <= c.horizon and (not c.stateful or x.size(1) <= 4 * c.T):
+        return c.model(x)[0][:, -1].float()
+    return long_forward(c.model, c, x, c.T, fn=lambda *_: None, amp=False)[:, -1]
+
+
+# ---- training-side gates -----------------------------------------------------------------------------------------
+def gate_Overfit(c):
+    m = copy.deepcopy(c.model).eval()  # eval: no dropout; gradients flow all the same
+    T = min(c.T, 64)
+    x, y = c.windows("train", 10, T, "overfit")
+    opt = c.optimizer(m, lr=c.opts["overfit_lr"], wd=0.0)
+    first = loss_v = None
+    for step in range(int(c.opts["overfit_steps"])):
+        with c.amp():
+            _, loss = m(x, y)
+        loss_v = loss.item()
+        first = loss_v if first is None else first
+        if loss_v < TH["overfit_loss"] or not math.isfinite(loss_v):
+            break
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    st = "PASS" if loss_v < TH["overfit_loss"] else ("WARN" if loss_v < TH["overfit_warn_frac"] * first else "FAIL")
+    return [row("Overfit", f"{first:.3f}->{loss_v:.3f} in {step} steps", st, f"< {TH['overfit_loss']}",
+                f"10 train windows of {T}, full batch, a copy of the model" + (" (fresh)" if c.fresh else ""))]
+
+
+def gate_Baselines(c):
+    base = prepare.fit_ngram_baselines(c.train[:50_000_000], c.val[:5_000_000], c.V)
+    c.cache["baselines"] = base
+    txt = f"uniform {base['uniform']:.3f}, unigram {base['unigram']:.3f}, bigram {base['bigram']:.3f}"
+    if c.fresh:
+        return [row("Baselines", txt, "n/a", "", "reference only: fresh weights are not expected to beat them")]
+    lv = val_loss(c)
+    st = "PASS" if lv < base["bigram"] else ("WARN" if lv < base["unigram"] else "FAIL")
+    return [row("Baselines", f"model {lv:.3f}; {txt}", st, "< bigram (WARN < unigram)", "n-grams fitted on train")]
+
+
+@torch.no_grad()
+def gate_Reeval(c):
+    if c.ckpt is None:
+        return [na("Reeval", "needs a checkpoint")]
+    ck, cfg = c.ckpt, c.cfg
+    head = next((r for r in (c.metrics or []) if r["kind"] == "run"), None)
+    problems = []
+    if ck["data"]["meta_sha256"] != c.meta["meta_sha256"]:
+        problems.append("the data's meta.json differs from the one the run used")
+    claimed = ck.get("val_loss")
+    if claimed is None:
+        return [row("Reeval", "checkpoint val_loss is None", "WARN", "", "saved without an eval (signal); cannot check")]
+    T, bs = int(cfg["block_size"]), int(cfg["batch_size"])
+    n = head["eval_protocol"]["windows"] if head and "eval_protocol" in head else int(cfg["eval_iters"]) * bs
+    rec = c.meta.get("records")
+    offs = prepare.eval_offsets(cfg["seed"], n, len(c.val), T, rec["length"] if rec else None)
+    dt = c.ptdtype
+    if c.dev.type == "cuda":
+        dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.get("dtype", "float32")]
+    tot, cnt = 0.0, 0
+    for i in range(0, len(offs), bs):
+        x, y = prepare.get_windows(c.val, offs[i:i + bs], T, c.labels.get("val"))
+        x, y = x.to(c.dev), y.to(c.dev)
+        with c.amp(dt):
+            logits = c.model(x)[0]
+        tot += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
+                               reduction="sum").double().item()
+        cnt += int((y != -1).sum())
+    got = tot / cnt
+    tol = TH["reeval_rel_tol_fp32" if dt == torch.float32 else "reeval_rel_tol_lowp"]
+    err = abs(got - claimed) / claimed
+    logged = [r["val_loss"] for r in (c.metrics or []) if r["kind"] == "eval" and r["iter"] == ck["iter_num"]]
+    if logged and abs(logged[-1] - claimed) > 1e-9 * max(1.0, abs(claimed)):
+        problems.append(f"metrics.jsonl says {logged[-1]:.6f} at iter {ck['iter_num']}")
+    if err > tol:
+        problems.append("recomputed loss differs (stale weights, wrong split or a mis-logged val)")
+    return [row("Reeval", f"{got:.5f} vs ckpt {claimed:.5f} (rel {err:.1e})", "FAIL" if problems else "PASS",
+                f"rel <= {tol:g}", "; ".join(problems) or f"{len(offs)} run eval windows, seed {cfg['seed']}, {dt}")]
+
+
+def gate_Resume(c):
+    """save -> load gives identical logits and an identical next training step (fp32)."""
+    ck = c.ckpt
+    src = build_model(c.args) if ck is None else None
+    if ck is None:
+        torch.manual_seed(c.seed)
+        src = build_model(c.args)
+        opt0 = c.optimizer(src)
+        ck = dict(format_version=FORMAT_VERSION, model_type=c.args["model_type"], model_args=c.args,
+                  model=src.state_dict(), ema=None, optimizer=opt0.state_dict(), scaler=None, iter_num=0,
+                  tokens_seen=0, best_val_loss=float("inf"), best_iter=-1, config=c.cfg, rng=[], sampler={"iter": 0},
+                  data={"dataset": "", "meta_sha256": c.meta.get("meta_sha256", "")}, provenance={}, val_loss=None)
+    models = []
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(os.path.join(d, "ckpt.pt"), ck)
+        for k in (ck, load_checkpoint(os.path.join(d, "ckpt.pt"))):
+            m = model_from_checkpoint(k, c.dev).float()
+            opt = c.optimizer(m)
+            opt.load_state_dict(k["optimizer"])
+            models.append((m, opt))
+    x, y = c.windows("train", 4, c.T, "resume")
+    out = []
+    for m, opt in models:
+        m.eval()
+        with torch.no_grad():
+            lg = m(x)[0].float().clone()
+        m.train()
+        torch.manual_seed(c.seed)  # the same dropout masks for both
+        loss = m(x, y)[1]
+        loss.backward()
+        opt.step()
+        out.append((lg, loss.item(), torch.cat([p.detach().float().flatten() for p in m.parameters()])))
+    e_logit, e_param = rel(out[1][0], out[0][0]), rel(out[1][2], out[0][2])
+    e_loss = abs(out[1][1] - out[0][1]) / max(abs(out[0][1]), 1e-30)
+    e = max(e_logit, e_param, e_loss)
+    return [row("Resume", f"logits {e_logit:.1e}, step loss {e_loss:.1e}, params {e_param:.1e}",
+                "PASS" if e <= TH["resume_rel_tol"] else "FAIL", f"rel <= {TH['resume_rel_tol']:g}",
+                "save_checkpoint -> load_checkpoint -> model_from_checkpoint, optimizer state included")]
+
+
+def gate_Frozen(c):
+    if c.metrics is None:
+        return [na("Frozen", "no metrics.jsonl next to the checkpoint")]
+    vals = [r["val_loss"] for r in c.metrics if r["kind"] == "eval"]
+    if len(vals) < 2:
+        return [row("Frozen", f"{len(vals)} eval(s)", "WARN", "", "fewer than 2 evals: cannot tell")]
+    same = sum(abs(a - b) <= TH["frozen_min_delta"] for a, b in zip(vals, vals[1:]))
+    st = "FAIL" if same == len(vals) - 1 else ("WARN" if same else "PASS")
+    return [row("Frozen", f"{len(vals)} evals, {vals[0]:.4f}->{vals[-1]:.4f}, {same} unchanged step(s)", st,
+                f"consecutive evals differ by > {TH['frozen_min_delta']:g}", "from metrics.jsonl")]
+
+
+def ngram_hashes(a, n):
+    a = np.asarray(a, dtype=np.uint64)
+    m = len(a) - n + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.zeros(m, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h = h * np.uint64(1000003) + a[j:j + m] + np.uint64(1)
+    return h
+
+
+def gate_Leak(c):
+    n = 64 if c.V <= 512 else 32
+    if len(c.val) < n + 1:
+        return [na("Leak", f"val split shorter than {n} tokens")]
+    starts = c.gen("leak").integers(0, len(c.val) - n + 1, 1000)
+    vh = ngram_hashes(c.val, n)[starts]
+    hit = np.zeros(len(vh), dtype=bool)
+    chunk = 10_000_000
+    for s in range(0, min(len(c.train), 400_000_000), chunk):
+        hit |= np.isin(vh, ngram_hashes(c.train[s:s + chunk + n - 1], n))
+    frac = float(hit.mean())
+    st = grade(frac, TH["leak_warn"], TH["leak_fail"], higher_better=False)
+    return [row("Leak", f"{frac:.1%} of val {n}-grams in train", st, f"< {TH['leak_warn']:.0%} (FAIL >= {TH['leak_fail']:.0%})",
+                "1000 random val n-grams vs every train n-gram (hash)")]
+
+
+def _longest_repeat(s):
+    lo, hi = 0, len(s) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        seen, found = set(), False
+        for i in range(len(s) - mid + 1):
+            t = tuple(s[i:i + mid])
+            if t in seen:
+                found = True
+                break
+            seen.add(t)
+        lo, hi = (mid, hi) if found else (lo, mid - 1)
+    return lo
+
+
+def text_stats(seqs):
+    d1 = np.mean([len(set(s)) / len(s) for s in seqs])
+    d2 = np.mean([len(set(zip(s, s[1:]))) / (len(s) - 1) for s in seqs])
+    top = np.mean([np.bincount(s).max() / len(s) for s in seqs])
+    return dict(distinct1=float(d1), distinct2=float(d2), top_share=float(top),
+                longest_repeat=max(_longest_repeat(list(s)) for s in seqs))
+
+
+@torch.no_grad()
+def gate_Diversity(c):
+    n_new, P = int(c.opts["div_tokens"]), 16
+    x, _ = c.windows("val", 4, P, "div")
+    g = torch.Generator(device=c.dev).manual_seed(seed_of(c.seed, "div") % 2 ** 62)
+    with c.amp():
+        out = c.model.generate(x, n_new, temperature=1.0, generator=g)
+    samples = [r[P:].cpu().numpy() for r in out]
+    ref = [w.cpu().numpy() for w in c.windows("val", 4, n_new, "div-ref")[0]]
+    s, r = text_stats(samples), text_stats(ref)
+    c.cache["diversity"] = dict(samples=s, data=r)
+    top_limit = max(TH["div_top_fail"], 2 * r["top_share"])
+    d2r = s["distinct2"] / max(r["distinct2"], 1e-9)
+    st = "FAIL" if s["top_share"] > top_limit else grade(d2r, TH["div_distinct2_warn"], TH["div_distinct2_fail"])
+    return [row("Diversity", f"d1 {s['distinct1']:.2f} d2 {s['distinct2']:.2f} top {s['top_share']:.2f} rep "
+                f"{s['longest_repeat']} (text: {r['distinct1']:.2f}/{r['distinct2']:.2f}/{r['top_share']:.2f}/"
+                f"{r['longest_repeat']})", st, f"top <= {top_limit:.2f}, d2 >= {TH['div_distinct2_warn']:.0%} of text's",
+                f"4 samples x {n_new} tokens, temperature 1, vs real val text")]
+
+
+# ---- context use ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def gate_LRD(c):
+    if c.fresh:
+        return [na("LRD", "needs trained weights")]
+    T = c.T
+    ctxs = sorted({*[8 * 2 ** i for i in range(12) if 8 * 2 ** i < T], T})
+    if T < 16:
+        return [na("LRD", f"block_size {T} < 16")]
+    x, y = c.windows("val", int(c.opts["lrd_windows"]), T, "lrd")
+    curve = {}
+    for ctx in ctxs:
+        tot = 0.0
+        for i in range(0, len(x), 64):
+            tl = token_losses(c.model, c, x[i:i + 64, T - ctx:], y[i:i + 64, T - ctx:])
+            tot += tl[:, -4:].sum().item()
+        curve[ctx] = tot / (4 * len(x))
+    c.curves["LRD"] = curve
+    ben = (curve[ctxs[0]] - curve[T]) / curve[ctxs[0]] * 100
+    return [row("LRD", f"{curve[ctxs[0]]:.3f}@8 -> {curve[T]:.3f}@{T}: {ben:+.1f}%",
+                grade(ben, TH["lrd_benefit_pass"], TH["lrd_benefit_fail"]),
+                f">= {TH['lrd_benefit_pass']}% (FAIL < {TH['lrd_benefit_fail']}%)", "same targets, last ctx tokens")]
+
+
+@torch.no_grad()
+def gate_UCW(c):
+    if c.fresh:
+        return [na("UCW", "needs trained weights")]
+    if not c.stateful:
+        return [na("UCW", f"sees at most block_size={c.T} tokens: 1x by construction")]
+    T = c.T
+    k = max([m for m in (1, 2, 4, 8) if m * T + 2 <= len(c.val)])
+    x, y = c.windows("val", int(c.opts["ucw_seqs"]), k * T, "ucw")
+    lg = long_forward(c.model, c, x, T, fn=lambda *_: None)
+    tl = F.cross_entropy(lg.reshape(-1, c.V), y.reshape(-1), reduction="none").view(y.shape)
+    buckets = {1: tl[:, T // 2:T].mean().item()}
+    for m in (2, 4, 8):
+        if m <= k:
+            buckets[m] = tl[:, (m // 2) * T:m * T].mean().item()
+    c.curves["UCW"] = dict(buckets=buckets, per_pos=tl.mean(0).cpu().tolist())
+    ucw = 1
+    for m in (2, 4, 8):
+        if m in buckets and buckets[m] <= buckets[1] * TH["ucw_tol"]:
+            ucw = m
+        else:
+            break
+    bad = any(not math.isfinite(v) or v > math.log(c.V) for v in buckets.values())
+    st = "FAIL" if bad else ("PASS" if ucw == max(buckets) else "WARN")
+    return [row("UCW", f"{ucw}x  (" + ", ".join(f"{m}x {v:.3f}" for m, v in buckets.items()) + ")", st,
+                f"loss <= {TH['ucw_tol']}x the 1x loss (FAIL: worse than uniform)", "carried state, chunks of block_size")]
+
+
+@torch.no_grad()
+def retrieval(c):
+    if "retrieval" in c.cache:
+        return c.cache["retrieval"]
+    P, L = 32, 32
+    maxd = min(int(c.opts["long_len"]), c.horizon - P - L, len(c.val) - P - L - 2)
+    ds = [d for d in [64 * 2 ** i for i in range(10)] if d <= maxd]
+    counts = np.bincount(c.val, minlength=c.V).astype(np.float64)
+    counts /= counts.sum()
+    res = {}
+    for d in ds:
+        n = int(c.opts["retrieval_trials"])
+        gen = c.gen("retr", d)
+        span = torch.as_tensor(gen.choice(c.V, size=(n, L), p=counts), device=c.dev)
+        x, _ = c.windows("val", n, P + d + L, f"retr{d}")
+        x = x.clone()
+        x[:, P:P + L] = span
+        x[:, P + d:P + d + L] = span
+        lg = long_forward(c.model, c, x, c.T, fn=(lambda *_: None) if x.size(1) > 4 * c.T else None)
+        lp = lg.log_softmax(-1)
+        first = -lp[:, P + 1:P + L - 1].gather(-1, x[:, P + 2:P + L, None]).mean().item()
+        second = -lp[:, P + d + 1:P + d + L - 1].gather(-1, x[:, P + d + 2:P + d + L, None]).mean().item()
+        res[d] = dict(first=first, second=second, gain=1 - second / first)
+    c.cache["retrieval"] = res
+    c.curves["Retrieval"] = {d: v["gain"] for d, v in res.items()}
+    return res
+
+
+def gate_Retrieval(c):
+    if c.fresh:
+        return [na("Retrieval", "needs trained weights")]
+    res = retrieval(c)
+    if not res:
+        return [na("Retrieval", f"the model sees {c.horizon} tokens: too few for a 64-token distance")]
+    d0 = min(res)
+    g = res[d0]["gain"]
+    return [row("Retrieval", " ".join(f"{d}:{v['gain']:.2f}" for d, v in res.items()),
+                grade(g, TH["retr_gain_pass"], TH["retr_gain_fail"]),
+                f"gain@{d0} >= {TH['retr_gain_pass']} (FAIL < {TH['retr_gain_fail']})",
+                "gain = 1 - loss(2nd occurrence)/loss(1st) of a random 32-token span in real text")]
+
+
+def gate_SPS(c):
+    if c.fresh:
+        return [na("SPS", "needs trained weights")]
+    res = retrieval(c)
+    if not res:
+        return [na("SPS", "no feasible retrieval distance")]
+    ok = [d for d, v in res.items() if v["gain"] >= TH["sps_margin"]]
+    limit = "" if c.stateful else f" (limited by block_size {c.T})"
+    return [row("SPS", f"{max(ok) if ok else 0} tokens{limit}", "PASS" if ok else "FAIL",
+                f"gain >= {TH['sps_margin']} at the largest distance", f"tested up to {max(res)}")]
+
+
+@torch.no_grad()
+def gate_ACT(c):
+    if not hasattr(c.model, "halting_steps"):
+        return [na("ACT", "no adaptive depth (model has no halting_steps)")]
+    x, _ = c.windows("val", 8, c.T, "act")
+    steps = c.model.halting_steps(x).flatten().long().cpu()
+    share = np.bincount(steps.numpy()).max() / len(steps)
+    return [row("ACT", f"mode share {share:.2f}, mean depth {steps.float().mean():.2f}",
+                "FAIL" if share >= TH["act_mode_max"] else "PASS", f"< {TH['act_mode_max']}", "halting steps per token")]
+
+
+def _interp_time(evs, target):
+    """Training time at which the val loss first reaches `target` (linear between evals), or None."""
+    for a, b in zip(evs, evs[1:]):
+        if b["val_loss"] <= target:
+            if a["val_loss"] <= target:
+                return a["train_time_s"]
+            f = (a["val_loss"] - target) / (a["val_loss"] - b["val_loss"])
+            return a["train_time_s"] + f * (b["train_time_s"] - a["train_time_s"])
+    return evs[0]["train_time_s"] if evs and evs[0]["val_loss"] <= target else None
+
+
+def gate_H2H(c):
+    if not c.baseline:
+        return [na("H2H", "no --baseline")]
+    if c.metrics is None:
+        return [na("H2H", "no metrics.jsonl next to the checkpoint")]
+    bck = load_checkpoint(c.baseline)
+    bmet = read_metrics(os.path.join(os.path.dirname(os.path.abspath(c.baseline)), "metrics.jsonl"))
+    if c.ckpt is not None and bck["data"]["meta_sha256"] != c.ckpt["data"]["meta_sha256"]:
+        return [row("H2H", "different data", "FAIL", "same meta_sha256", "the baseline was trained on other data")]
+    ev = lambda recs: [r for r in recs if r["kind"] == "eval" and r["iter"] > 0] or [r for r in recs if r["kind"] == "eval"]  # noqa: E731
+    me, be = ev(c.metrics), ev(bmet)
+    tok = min(me[-1]["tokens"], be[-1]["tokens"])
+    at = lambda evs: float(np.interp(tok, [e["tokens"] for e in evs], [e["val_loss"] for e in evs]))  # noqa: E731
+    lm, lb = at(me), at(be)
+    ratio = lm / lb
+    rows = [row("H2H loss", f"{lm:.4f} vs {lb:.4f} at {tok:,} tokens (x{ratio:.3f})",
+                grade(ratio, TH["h2h_loss_pass"], TH["h2h_loss_fail"], higher_better=False),
+                f"<= {TH['h2h_loss_pass']} (FAIL > {TH['h2h_loss_fail']})", "val loss from both metrics logs")]
+    med = lambda recs, k: float(np.median([r[k] for r in recs if r["kind"] == "train" and r.get(k) is not None] or [np.nan]))  # noqa: E731
+    ts, tb = med(c.metrics, "tok_s"), med(bmet, "tok_s")
+    rows.append(row("H2H tok/s", f"{ts:,.0f} vs {tb:,.0f} (x{ts / tb:.2f})", "INFO", "", "median of logged steps"))
+    mm = lambda recs: max([r["mem_peak_mb"] for r in recs if r["kind"] == "train" and r.get("mem_peak_mb")] or [np.nan])  # noqa: E731
+    rows.append(row("H2H peak mem", f"{mm(c.metrics):.0f} vs {mm(bmet):.0f} MiB", "INFO", "", "max mem_peak_mb (CUDA)"))
+    target = min(e["val_loss"] for e in be)
+    tb_t, tm_t = _interp_time(be, target), _interp_time(me, target)
+    cer = "never reached" if tm_t is None else f"{tb_t / max(tm_t, 1e-9):.2f}"
+    rows.append(row("H2H CER", cer, "INFO", "> 1 better", f"baseline time to its best val {target:.4f} / model's"))
+    return rows
+
+
+GATES = {name: globals()[f"gate_{name}"] for name in ORDER if f"gate_{name}" in globals()}
+GATES.update({f"S{i}": globals()[f"gate_S{i}"] for i in range(5)})
+
+
+def run_gates(c, names=None):
+    rows = []
+    for name in names or ORDER:
+        if c.fresh and name not in FRESH:
+            rows.append(na(name, "needs a trained checkpoint (--ckpt)"))
+            continue
+        t0 = time.time()
+        try:
+            out = GATES[name](c)
+        except Exception as e:  # a gate that crashes is a failure with its reason, not a silent skip
+            traceback.print_exc()
+            out = [row(name, "error", "FAIL", "", f"{type(e).__name__}: {e}")]
+        for r in out:
+            r["seconds"] = round(time.time() - t0, 2)
+            if c.fresh and r["status"] != "n/a":
+                r["note"] = ("fresh weights; " + r["note"]).strip("; ")
+        rows.extend(out)
+    return rows
+
+
+# ---- report -----------------------------------------------------------------------------------------------------
+def print_table(rows):
+    w = max(len(r["gate"]) for r in rows)
+    for r in rows:
+        val = r["value"] if r["status"] != "n/a" else r["note"]
+        print(f"{r['gate']:<{w}}  {r['status']:<4}  {val}" + (f"   [{r['threshold']}]" if r["threshold"] else ""))
+
+
+def report_png(path, c, rows, baseline_metrics=None):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(2, 3, figsize=(15, 8))
+    ax = ax.flatten()
+    for recs, tag, ls in ((c.metrics, "model", "-"), (baseline_metrics, "baseline", "--")):
+        if recs:
+            tr = [r for r in recs if r["kind"] == "train"]
+            ev = [r for r in recs if r["kind"] == "eval"]
+            ax[0].plot([r["tokens"] for r in tr], [r["loss"] for r in tr], ls, lw=0.6, label=f"{tag} train")
+            ax[0].plot([r["tokens"] for r in ev], [r["val_loss"] for r in ev], "o" + ls, ms=3, label=f"{tag} val")
+    ax[0].set(title="loss (metrics.jsonl)", xlabel="tokens", ylabel="nats/token")
+    if "LRD" in c.curves:
+        k = list(c.curves["LRD"])
+        ax[1].plot(k, list(c.curves["LRD"].values()), "o-")
+        ax[1].set_xscale("log", base=2)
+    ax[1].set(title="LRD: loss vs context (same targets)", xlabel="context tokens")
+    if "D4" in c.curves:
+        k = list(c.curves["D4"])
+        ax[2].loglog(k, [max(v, 1e-12) for v in c.curves["D4"].values()], "o-")
+    ax[2].set(title="D4: final-logit change vs distance", xlabel="tokens back")
+    if "Retrieval" in c.curves:
+        k = list(c.curves["Retrieval"])
+        ax[3].plot(k, list(c.curves["Retrieval"].values()), "o-")
+        ax[3].set_xscale("log", base=2)
+        ax[3].axhline(TH["retr_gain_pass"], ls=":", c="g")
+        ax[3].axhline(TH["retr_gain_fail"], ls=":", c="r")
+    ax[3].set(title="retrieval gain vs distance", xlabel="tokens between occurrences")
+    for k, v in (c.curves.get("D1") or {}).items():
+        if k.split(".")[-1] in ("wkv", "ssm"):
+            ax[4].loglog([p for p, _ in v], [r for _, r in v], lw=0.8)
+    ax[4].set(title="D1: state RMS vs tokens (wkv, ssm)", xlabel="tokens")
+    if "UCW" in c.curves:
+        pp = np.array(c.curves["UCW"]["per_pos"])
+        k = max(1, len(pp) // 128)
+        ax[5].plot(np.arange(len(pp))[::k], np.convolve(pp, np.ones(k) / k, "same")[::k])
+        for m in (1, 2, 4):
+            ax[5].axvline(m * c.T, ls=":", c="gray")
+    ax[5].set(title="UCW: loss per position (carried state)", xlabel="position")
+    fails = [r["gate"] for r in rows if r["status"] == "FAIL"]
+    fig.suptitle(f"{c.ckpt_path or 'fresh ' + c.args['model_type']}: " + (f"FAIL {', '.join(fails)}" if fails else "no FAIL"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main(argv):
+    g = {**train_defaults(), **COMMON_CONFIG, **all_family_configs(), **GATE_KEYS}
+    try:
+        configure(g, argv)
+        names = ORDER if g["gates"] == "all" else [n.strip() for n in g["gates"].split(",") if n.strip()]
+        bad = [n for n in names if n not in GATES]
+        if bad:
+            raise ConfigError(f"unknown gate(s) {bad}; valid: {', '.join(ORDER)}")
+        dev = g["device"]
+        ck, metrics = None, None
+        if g["ckpt"]:
+            ck = load_checkpoint(g["ckpt"])
+            cfg, dataset = ck["config"], ck["data"]["dataset"]
+            out = g["out"] or os.path.dirname(os.path.abspath(g["ckpt"]))
+            mp = os.path.join(os.path.dirname(os.path.abspath(g["ckpt"])), "metrics.jsonl")
+            metrics = read_metrics(mp) if os.path.isfile(mp) else None
+        else:
+            cfg, dataset = {k: g[k] for k in train_defaults()}, g["dataset"]
+            out = g["out"] or g["out_dir"]
+        data_path = os.path.join(g["data_dir"], dataset)
+        meta = prepare.load_meta(data_path)
+        train, val = (prepare.open_split(data_path, s, meta) for s in ("train", "val"))
+        labels = {s: prepare.open_labels(data_path, s, meta) for s in ("train", "val")} if meta.get("records") else {}
+        if ck is not None:
+            model = model_from_checkpoint(ck, dev, use_ema=cfg.get("ema", 0) > 0 and ck["ema"] is not None)
+            args = dict(ck["model_args"])
+        else:
+            args = model_args_from(g, meta["vocab_size"], g["block_size"])
+            torch.manual_seed(g["seed"])
+            model = build_model(args).to(dev)
+    except (ConfigError, CheckpointError, prepare.DataError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = True
+    c = Ctx(model, args, cfg, train, val, meta, device=dev, dtype=g["dtype"], seed=g["seed"], fresh=ck is None,
+            ckpt=ck, ckpt_path=g["ckpt"] or None, metrics=metrics, baseline=g["baseline"],
+            opts={k: g[k] for k in GATE_KEYS}, labels=labels)
+    if meta.get("records"):  # fixed-length record datasets: no running text for the context gates
+        names = [n for n in names if n not in ("LRD", "UCW", "Retrieval", "SPS", "D4", "Diversity", "Leak")]
+    t0 = time.time()
+    rows = run_gates(c, names)
+    print_table(rows)
+    os.makedirs(out, exist_ok=True)
+    result = dict(mode="fresh" if c.fresh else "checkpoint", ckpt=os.path.abspath(g["ckpt"]) if g["ckpt"] else None,
+                  iter_num=ck["iter_num"] if ck else None, tokens_seen=ck["tokens_seen"] if ck else None,
+                  data={"dataset": dataset, "meta_sha256": meta["meta_sha256"]}, seed=g["seed"],
+                  run_seed=cfg.get("seed"), model_args=args, baseline=g["baseline"] or None,
+                  provenance=provenance(dev), seconds=round(time.time() - t0, 1), thresholds=THRESHOLDS,
+                  rows=rows, curves=c.curves, n_fail=sum(r["status"] == "FAIL" for r in rows))
+    with open(os.path.join(out, "gates.json"), "w") as f:
+        json.dump(result, f, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    bm = None
+    if g["baseline"]:
+        bp = os.path.join(os.path.dirname(os.path.abspath(g["baseline"])), "metrics.jsonl")
+        bm = read_metrics(bp) if os.path.isfile(bp) else None
+    report_png(os.path.join(out, "gates.png"), c, rows, bm)
+    print(f"{result['n_fail']} FAIL; wrote {os.path.join(out, 'gates.json')} and gates.png ({result['seconds']} s)")
+    return 1 if result["n_fail"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
