@@ -132,6 +132,13 @@ def render(results_dir):
                      "in 'ended by' means a run hit its time limit and stopped early.\n\n" +
                      table(["runs", "device", "seeds", "best val loss", "reached", "wall to target (s)", "tok/s",
                             "total train time (s)", "ended by", "results"], rows))
+        per_seed = [[d["name"], r["seed"], fixed(r["best_val"], 4), r["best_iter"],
+                     "not reached" if r["wall_to_target_s"] is None else fixed(r["wall_to_target_s"], 1),
+                     fixed(r["tok_s_median"], 0), fixed(r["train_time_s"], 1), link(rel)]
+                    for rel, d in runs for r in d["raw"]]
+        parts.append("Per seed (the target is the runs file's `--target`):\n\n" +
+                     table(["runs", "seed", "best val loss", "at iter", "wall to target (s)", "tok/s median",
+                            "train time (s)", "results"], per_seed))
     train = by("train")
     if train:
         rows = []
