@@ -85,7 +85,7 @@ def load(run):
 def test_cli_on_trained_gpt(gpt_run, tiny_data, tmp_path):
     out = tmp_path / "g"
     code = gates.main([f"--ckpt={gpt_run}/ckpt.pt", f"--data_dir={tiny_data}", "--device=cpu", f"--out={out}",
-                       "--gates=G0,G1,G2,G3,S1,D4,Overfit,Reeval,Resume,Frozen,Leak,Diversity,UCW,ACT",
+                       "--gates=G0,G1,G2,S1,D4,Reeval,Resume,Frozen,Leak,UCW,ACT",
                        *[f"--{k}={v}" for k, v in FAST.items()]])
     res = json.load(open(out / "gates.json"))
     bad = [r for r in res["rows"] if r["status"] == "FAIL"]
@@ -205,7 +205,7 @@ def test_act_gate(doubles, data):
 # ----------------------------------------------------------------------------------------------- the hybrid
 def test_trained_hybrid_branches_and_states(hyb_run, data):
     ck, hyb, metrics = load(hyb_run)
-    names = ["G0", "G4", "D3", "S0", "S1", "S2", "S3", "S4", "D1", "D2", "UCW"]
+    names = ["G0", "G4", "D3", "S0", "S1", "S2", "S3", "S4", "D1", "D2", "D4", "UCW"]
     rows = gates.run_gates(ctx_for(hyb, data, ckpt=ck, metrics=metrics), names)
     assert not [r for r in rows if r["status"] == "FAIL"], rows
     assert status(rows, "G4 ablation") in ("PASS", "WARN") and status(rows, "D3") == "PASS"
