@@ -265,6 +265,16 @@ def has_branches(m):
 
 # ---- G: kernels, forward, init, short train, balance -----------------------------------------------------------
 def gate_G0(c):
+    """Kernels in true fp32 (TF32 off for the duration): the reference comparison is of the kernel, not of TF32."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        return _kernels(c)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def _kernels(c):
     rows, m, dev, tol = [], c.model, c.dev, TH["kernel_rel_err"]
     g = torch.Generator().manual_seed(seed_of(c.seed, "G0"))
     rn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
@@ -673,8 +683,7 @@ def gate_Reeval(c):
 def gate_Resume(c):
     """save -> load gives identical logits and an identical next training step (fp32)."""
     ck = c.ckpt
-    src = build_model(c.args) if ck is None else None
-    if ck is None:
+    if ck is None:  # fresh: the checkpoint train.py would write at iter 0
         torch.manual_seed(c.seed)
         src = build_model(c.args)
         opt0 = c.optimizer(src)
@@ -818,7 +827,8 @@ def main(argv):
     except (ConfigError, CheckpointError, prepare.DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = True
+    # no TF32: kernel checks (G0) and the fp32 sensitivity gates (S*, D4) measure true fp32 arithmetic
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     c = Ctx(model, args, cfg, train, val, meta, device=dev, dtype=g["dtype"], seed=g["seed"], fresh=ck is None,
             ckpt=ck, ckpt_path=g["ckpt"] or None, metrics=metrics, baseline=g["baseline"],
             opts={k: g[k] for k in GATE_KEYS}, labels=labels)

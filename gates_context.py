@@ -231,6 +231,8 @@ def report_png(path, c, rows, baseline_metrics=None):
             ax[0].plot([r["tokens"] for r in tr], [r["loss"] for r in tr], ls, lw=0.6, label=f"{tag} train")
             ax[0].plot([r["tokens"] for r in ev], [r["val_loss"] for r in ev], "o" + ls, ms=3, label=f"{tag} val")
     ax[0].set(title="loss (metrics.jsonl)", xlabel="tokens", ylabel="nats/token")
+    if ax[0].lines:
+        ax[0].legend(fontsize=8)
     if "LRD" in c.curves:
         k = list(c.curves["LRD"])
         ax[1].plot(k, list(c.curves["LRD"].values()), "o-")
@@ -253,8 +255,8 @@ def report_png(path, c, rows, baseline_metrics=None):
     ax[4].set(title="D1: state RMS vs tokens (wkv, ssm)", xlabel="tokens")
     if "UCW" in c.curves:
         pp = np.array(c.curves["UCW"]["per_pos"])
-        k = max(1, len(pp) // 128)
-        ax[5].plot(np.arange(len(pp))[::k], np.convolve(pp, np.ones(k) / k, "same")[::k])
+        k = max(1, len(pp) // 64)  # moving average over k positions, one point per k
+        ax[5].plot(np.arange(len(pp))[k // 2::k][:len(pp) // k], pp[:len(pp) // k * k].reshape(-1, k).mean(1))
         for m in (1, 2, 4):
             ax[5].axvline(m * c.T, ls=":", c="gray")
     ax[5].set(title="UCW: loss per position (carried state)", xlabel="position")
