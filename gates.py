@@ -97,6 +97,7 @@ GATE_KEYS = dict(
 )
 ORDER = ["G0", "G1", "G2", "G3", "G4", "S0", "S1", "S2", "S3", "S4", "D1", "D2", "D3", "D4", "Overfit", "Baselines",
          "Reeval", "Resume", "Frozen", "Leak", "Diversity", "LRD", "UCW", "Retrieval", "SPS", "ACT", "H2H"]
+TEXT_GATES = {"LRD", "UCW", "Retrieval", "SPS", "D4", "Diversity", "Leak", "Baselines", "D1", "S1"}
 FRESH = {"G0", "G1", "G2", "G3", "G4", "S0", "S1", "S2", "S3", "S4", "Overfit", "Baselines", "Resume", "Leak", "ACT"}
 
 
@@ -772,6 +773,9 @@ def run_gates(c, names=None):
         if c.fresh and name not in FRESH:
             rows.append(na(name, "needs a trained checkpoint (--ckpt)"))
             continue
+        if c.meta.get("records") and name in TEXT_GATES:
+            rows.append(na(name, "fixed-length record dataset: no running text"))
+            continue
         t0 = time.time()
         try:
             out = gates[name](c)
@@ -832,8 +836,6 @@ def main(argv):
     c = Ctx(model, args, cfg, train, val, meta, device=dev, dtype=g["dtype"], seed=g["seed"], fresh=ck is None,
             ckpt=ck, ckpt_path=g["ckpt"] or None, metrics=metrics, baseline=g["baseline"],
             opts={k: g[k] for k in GATE_KEYS}, labels=labels)
-    if meta.get("records"):  # fixed-length record datasets: no running text for the context gates
-        names = [n for n in names if n not in ("LRD", "UCW", "Retrieval", "SPS", "D4", "Diversity", "Leak")]
     t0 = time.time()
     rows = run_gates(c, names)
     print_table(rows)
