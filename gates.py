@@ -686,7 +686,7 @@ def gate_Resume(c):
     ck = c.ckpt
     if ck is None:  # fresh: the checkpoint train.py would write at iter 0
         torch.manual_seed(c.seed)
-        src = build_model(c.args)
+        src = build_model(c.args).to(c.dev)  # on the device: a fused (CUDA) AdamW refuses CPU params
         opt0 = c.optimizer(src)
         ck = dict(format_version=FORMAT_VERSION, model_type=c.args["model_type"], model_args=c.args,
                   model=src.state_dict(), ema=None, optimizer=opt0.state_dict(), scaler=None, iter_num=0,

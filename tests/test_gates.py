@@ -246,3 +246,38 @@ def test_head_to_head(hyb_run, gpt_run, data, tmp_path):
     worse = [dict(r, val_loss=r["val_loss"] * 2) if r["kind"] == "eval" else r for r in metrics]
     c.metrics = worse
     assert status(gates.run_gates(c, ["H2H"]), "H2H loss") == "FAIL"
+
+
+def test_G0_catches_a_wrong_kernel(hyb_run, data, monkeypatch):
+    import mamba2
+    import wkv6
+    ck, hyb, _ = load(hyb_run)
+    rows = gates.run_gates(ctx_for(hyb, data, ckpt=ck), ["G0"])
+    assert [r["status"] for r in rows] == ["PASS", "PASS"], rows
+    chunked, ssd = wkv6.wkv6_torch_chunked, mamba2.ssd_chunked
+    monkeypatch.setattr(wkv6, "wkv6_torch_chunked", lambda *a, **k: (lambda y, s: (y * 1.01, s))(*chunked(*a, **k)))
+    monkeypatch.setattr(mamba2, "ssd_chunked", lambda *a, **k: (lambda y, s: (y, s * 0.99))(*ssd(*a, **k)))
+    rows = gates.run_gates(ctx_for(hyb, data, ckpt=ck), ["G0"])
+    assert [r["status"] for r in rows] == ["FAIL", "FAIL"], rows
+
+
+def test_state_gates_catch_T_dependent_and_exploding_states(hyb_run, data):
+    ck, hyb, _ = load(hyb_run)
+    fwd = hyb.forward
+
+    def growing(idx, *a, **k):  # a "state" that is the whole history: its size grows with T
+        out = fwd(idx, *a, **k)
+        if k.get("return_state"):
+            out[2][0]["hist"] = idx.float()
+        return out
+    hyb.forward = growing
+    assert status(gates.run_gates(ctx_for(hyb, data, ckpt=ck), ["S0"]), "S0") == "FAIL"
+
+    def exploding(idx, *a, **k):  # every segment multiplies the carried SSM state by 1000
+        out = fwd(idx, *a, **k)
+        if k.get("return_state") and k.get("state") is not None:
+            out[2][0]["ssm"] = k["state"][0]["ssm"] * 1000 + out[2][0]["ssm"]
+        return out
+    hyb.forward = exploding
+    rows = gates.run_gates(ctx_for(hyb, data, ckpt=ck), ["S1", "D1"])
+    assert status(rows, "S1") == "FAIL" and status(rows, "D1") == "FAIL", rows
