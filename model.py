@@ -334,8 +334,8 @@ class Recursion:
             nn.init.constant_(self.q_head.bias, -5.0)
         self.eval_reps = None
         # optional protocol capabilities: only a recursive GPT has them (hasattr() is how callers check)
-        self.set_depth, self.effective_depth, self.param_breakdown = \
-            self._set_depth, self._effective_depth, self._param_breakdown
+        self.set_depth, self.effective_depth, self.param_breakdown, self.introspect = \
+            self._set_depth, self._effective_depth, self._param_breakdown, self._introspect
         self.last_reps = []  # repetitions run by each supervision step of the last training forward
 
     # ---- capabilities
@@ -345,6 +345,33 @@ class Recursion:
         if n is not None and (int(n) != n or n < 1):
             raise ValueError(f"set_depth({n!r}): depth must be a positive integer or None")
         self.eval_reps = None if n is None else int(n)
+
+    @torch.no_grad()
+    def _introspect(self, idx):
+        """What the recursion does on idx at the inference depth: y_delta[r] = |y_r - y_(r-1)| / |y_(r-1)| per
+        repetition (does the answer latent converge?); with ACT also q [steps, B] (the Q-head's halting logit after
+        each supervision step of rec_T repetitions) and halt_step [B] (the first step with q > 0, else the cap:
+        where a training forward would have halted it, without exploration)."""
+        a = self.a
+        x, rope = self.embed(idx, 0)
+        for b in self.prelude:
+            x = b(x, rope)
+        x = F.rms_norm(x, (x.size(-1),))
+        y = self.y_init.to(x.dtype).expand_as(x)
+        z = self.z_init.to(x.dtype).expand_as(x)
+        deltas, qs = [], []
+        for r in range(self.inference_reps()):
+            y_prev = y
+            y, z = self.recurse(x, y, z, 1, 0, rope)
+            deltas.append(((y - y_prev).norm() / y_prev.norm()).item())
+            if a["rec_act"] and (r + 1) % a["rec_T"] == 0:
+                qs.append(self.q_head(y.mean(1)).squeeze(-1).float())
+        out = {"y_delta": torch.tensor(deltas), "reps": self.inference_reps()}
+        if qs:
+            q = torch.stack(qs)
+            fired = torch.cat([q > 0, torch.ones_like(q[:1], dtype=torch.bool)])  # the cap always halts
+            out.update(q=q, halt_step=fired.float().argmax(0).clamp(max=len(qs) - 1) + 1)
+        return out
 
     def inference_reps(self):
         return self.eval_reps or self.a["halt_max_steps"] * self.a["rec_T"]

@@ -145,6 +145,13 @@ def test_act_halts_at_the_cap_and_early_when_forced():
     m.eval()
     m.set_depth(2)
     assert torch.allclose(logits, m(idx)[0], atol=1e-5)  # halted rows return their halting step's logits
+    m.set_depth(None)
+    info = m.introspect(idx)  # q > 0 after the first step: halt_step 1 for every sequence
+    assert info["halt_step"].tolist() == [1, 1, 1] and info["q"].shape == (4, 3) and len(info["y_delta"]) == 8
+    with torch.no_grad():
+        m.q_head.bias.fill_(-10.0)
+    assert m.introspect(idx)["halt_step"].tolist() == [4, 4, 4]  # never fires: the cap
+    m.q_head.bias.data.fill_(10.0)
     m.train()
     m.a["halt_explore_prob"] = 1.0  # exploration: every sequence must first run randint(2, 4) steps
     torch.manual_seed(1)
