@@ -19,7 +19,4 @@ lr_decay_iters = 600
 min_lr = 2e-4
 warmup_iters = 50
 beta2 = 0.99
-
-device = "cpu"
-compile = False
-dtype = "float32"
+# device / dtype / compile: train.py's defaults (CPU: float32, no compile; CUDA: bf16 + compile)
