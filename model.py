@@ -394,7 +394,8 @@ class Recursion:
                 f"(z<-core(z+y+x) x{a['rec_n']}, y<-core(y+z)) x{a['rec_T']} ({a['rec_grad_last']} with grad, "
                 f"depth sampling {a['rec_depth_sampling']}) x{a['halt_max_steps']} supervision steps"
                 f"{' with ACT' if a['rec_act'] else ''}; effective depth {train_depth} blocks per training forward "
-                f"(at the cap), {self._effective_depth()} per inference forward ({self.inference_reps()} repetitions)"
+                f"({'at the ACT cap' if a['rec_act'] else 'fixed' if a['rec_depth_sampling'] == 'fixed' else 'mean'}), "
+                f"{self._effective_depth()} per inference forward ({self.inference_reps()} repetitions)"
                 f"; {'causal' if a['causal'] else 'bidirectional'}, loss {a['loss_type']}")
 
     def recursive_flops_per_token(self, T):

@@ -49,6 +49,10 @@ def load_model(path, device, weights="auto"):
     return m.to(device).eval(), ck, "ema" if use_ema else "live"
 
 
+def _autocast(device):
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+
 def _depths(m, depths):
     return depths if hasattr(m, "set_depth") else [None]
 
@@ -70,7 +74,7 @@ def puzzle_metrics(m, data_dir, split, depths, device, batch_size=256, limit=Non
         exact = cells = right = 0
         for i in range(0, len(x_all), batch_size):
             x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            with _autocast(device):
                 logits, _ = m(x)
             ok = (logits.argmax(-1) == y) | (y == -1)
             exact += ok.all(1).sum().item()
@@ -97,7 +101,7 @@ def lm_depth_curve(m, data_dir, depths, device, seed=1337, n_windows=400, batch_
         for i in range(0, len(offs), batch_size):
             x, y = prepare.get_windows(val, offs[i:i + batch_size], bs)
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            with _autocast(device):
                 logits, _ = m(x)
             tot += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
             n += y.numel()

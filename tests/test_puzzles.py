@@ -73,14 +73,16 @@ def test_addition_records_and_disjointness():
     assert x == [7, 8, 9, P.PLUS, 5, 4, 0, P.EQ, P.BLANK, P.BLANK, P.BLANK, P.BLANK]
     assert y == [-1] * 8 + [2, 3, 0, 1]  # 1032, least significant digit first
     sp = P.addition_splits(0, 4, n_train=20, n_val=5, n_test=5)
-    decode = lambda r: (sum(int(d) * 10 ** k for k, d in enumerate(r[:4])), sum(int(d) * 10 ** k for k, d in enumerate(r[5:9])))
+    num = lambda digits: sum(int(d) * 10 ** k for k, d in enumerate(digits))  # least significant first
+    decode = lambda r: (num(r[:4]), num(r[5:9]))
     pairs = {k: [decode(r) for r in x] for k, (x, _) in sp.items()}
     canon = {k: {(min(p), max(p)) for p in v} for k, v in pairs.items()}
     assert len(pairs["train"]) == 40 and len(canon["train"]) == 20  # every train pair also appears swapped
-    assert not (canon["train"] & canon["test"]) and not (canon["train"] & canon["val"]) and not (canon["val"] & canon["test"])
+    assert not (canon["train"] & canon["test"]) and not (canon["train"] & canon["val"])
+    assert not (canon["val"] & canon["test"])
     for (x, y), ps in zip(sp.values(), pairs.values()):
         for yi, (a, b) in zip(y, ps):
-            assert sum(int(d) * 10 ** k for k, d in enumerate(yi[-5:])) == a + b
+            assert num(yi[-5:]) == a + b
     with pytest.raises(ValueError, match="digits"):
         P.addition_splits(0, 1, 100, 10, 10)
 

@@ -258,7 +258,8 @@ def test_train_resume_exact_with_ema_and_act(tmp_path):
                   f"--data_dir={data}", "--workers=1"])
     args = [*TINY, f"--data_dir={data}", "--dataset=sudoku60", "--block_size=81", "--recursive=True", "--causal=False",
             "--n_layer=1", "--n_core=1", "--rec_n=1", "--rec_T=2", "--halt_max_steps=3", "--rec_act=True",
-            "--halt_explore_prob=0.5", "--dropout=0.1", "--ema=0.9", "--eval_interval=4", "--eval_iters=1", "--warmup_iters=1",
+            "--halt_explore_prob=0.5", "--dropout=0.1", "--ema=0.9", "--eval_interval=4", "--eval_iters=1",
+            "--warmup_iters=1",
             "--lr_decay_iters=4", "--always_save_checkpoint=True", "--seed=3"]
     run_py(["train.py", *args, f"--out_dir={tmp_path / 'a'}", "--max_iters=4"])
     run_py(["train.py", *args, f"--out_dir={tmp_path / 'b'}", "--max_iters=1"])
@@ -268,7 +269,8 @@ def test_train_resume_exact_with_ema_and_act(tmp_path):
     for k, e in ck1["ema"].items():
         assert torch.allclose(e, 0.9 * init[k].detach() + 0.1 * ck1["model"][k], atol=1e-6), k
     run_py(["train.py", *args, f"--out_dir={tmp_path / 'b'}", "--max_iters=4", "--init_from=resume"])
-    loss = lambda d: {r["iter"]: r["loss"] for r in read_metrics(os.path.join(d, "metrics.jsonl")) if r["kind"] == "train"}
+    def loss(d):
+        return {r["iter"]: r["loss"] for r in read_metrics(os.path.join(d, "metrics.jsonl")) if r["kind"] == "train"}
     a, b = loss(tmp_path / "a"), loss(tmp_path / "b")
     assert sorted(a) == sorted(b) == [0, 1, 2, 3] and all(a[i] == b[i] for i in a), (a, b)
     ca, cb = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("a", "b"))
