@@ -175,3 +175,11 @@ def test_carry_state_tracks(tiny_data, tmp_path):
     assert recs[0]["eval_protocol"]["carry_state"] is True and recs[-1]["reason"] == "max_iters"
     assert all(r["val_tokens_scored"] == 2 * 4 * 32 for r in recs if r["kind"] == "eval")
     expect_error(train(tiny_data, tmp_path / "g", "--carry_state=True", check=False), "stateful family")
+
+
+def test_early_stopping(tiny_data, tmp_path):
+    # learning rate 0: val never improves after the first eval, so patience 2 stops the run at the third eval
+    train(tiny_data, tmp_path, "--max_iters=100", "--eval_interval=2", "--learning_rate=0.0", "--min_lr=0.0",
+          "--early_stop_patience=2")
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert recs[-1]["reason"] == "early_stop" and [r["iter"] for r in recs if r["kind"] == "eval"] == [0, 2, 4]
