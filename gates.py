@@ -182,7 +182,7 @@ class Ctx:
         self.opts = {**GATE_KEYS, **(opts or {})}
         self.stateful = hasattr(model, "init_state")
         self.horizon = 10 ** 9 if self.stateful else self.T  # tokens the model can see at once
-        self.curves, self.cache = {}, {}
+        self.curves, self.cache, self.numbers = {}, {}, {}  # numbers: the headline values, for tables
 
     def amp(self, dtype=None):
         dt = dtype or self.ptdtype
@@ -422,6 +422,7 @@ def gate_G4(c):
     else:
         a = ablation(c)
         dr, dm = (a["rwkv"] - a["base"]) / a["base"], (a["mamba"] - a["base"]) / a["base"]
+        c.numbers.update(ablate_rwkv_rel=dr, ablate_mamba_rel=dm)
         rows.append(row("G4 ablation", f"val {a['base']:.4f}; -RWKV {dr * 100:+.1f}%, -Mamba {dm * 100:+.1f}%",
                         grade(min(dr, dm), TH["g4_ablate_pass"], TH["g4_ablate_fail"]),
                         f"each >= +{TH['g4_ablate_pass']:.0%} (FAIL < +{TH['g4_ablate_fail']:.1%})",
@@ -637,6 +638,7 @@ def gate_Baselines(c):
     if c.fresh:
         return [row("Baselines", txt, "n/a", "", "reference only: fresh weights are not expected to beat them")]
     lv = val_loss(c)
+    c.numbers.update(val_loss_gates=lv, **{f"{k}_baseline": v for k, v in base.items()})
     st = "PASS" if lv < base["bigram"] else ("WARN" if lv < base["unigram"] else "FAIL")
     return [row("Baselines", f"model {lv:.3f}; {txt}", st, "< bigram (WARN < unigram)", "n-grams fitted on train")]
 
@@ -670,6 +672,7 @@ def gate_Reeval(c):
                                reduction="sum").double().item()
         cnt += int((y != -1).sum())
     got = tot / cnt
+    c.numbers.update(val_loss_reeval=got, val_loss_ckpt=claimed)
     tol = TH["reeval_rel_tol_fp32" if dt == torch.float32 else "reeval_rel_tol_lowp"]
     err = abs(got - claimed) / claimed
     logged = [r["val_loss"] for r in (c.metrics or []) if r["kind"] == "eval" and r["iter"] == ck["iter_num"]]
@@ -845,7 +848,7 @@ def main(argv):
                   data={"dataset": dataset, "meta_sha256": meta["meta_sha256"]}, seed=g["seed"],
                   run_seed=cfg.get("seed"), model_args=args, baseline=g["baseline"] or None,
                   provenance=provenance(dev), seconds=round(time.time() - t0, 1), thresholds=THRESHOLDS,
-                  rows=rows, curves=c.curves, n_fail=sum(r["status"] == "FAIL" for r in rows))
+                  rows=rows, numbers=c.numbers, curves=c.curves, n_fail=sum(r["status"] == "FAIL" for r in rows))
     with open(os.path.join(out, "gates.json"), "w") as f:
         json.dump(result, f, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
     bm = None

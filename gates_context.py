@@ -13,6 +13,7 @@ from checkpoint import load_checkpoint
 from gates import TH, grade, long_forward, na, row, seed_of, token_losses
 from metrics import read_metrics
 
+
 def _longest_repeat(s):
     lo, hi = 0, len(s) - 1
     while lo < hi:
@@ -75,6 +76,7 @@ def gate_LRD(c):
         curve[ctx] = tot / (4 * len(x))
     c.curves["LRD"] = curve
     ben = (curve[ctxs[0]] - curve[T]) / curve[ctxs[0]] * 100
+    c.numbers["lrd_benefit_pct"] = ben
     return [row("LRD", f"{curve[ctxs[0]]:.3f}@8 -> {curve[T]:.3f}@{T}: {ben:+.1f}%",
                 grade(ben, TH["lrd_benefit_pass"], TH["lrd_benefit_fail"]),
                 f">= {TH['lrd_benefit_pass']}% (FAIL < {TH['lrd_benefit_fail']}%)", "same targets, last ctx tokens")]
@@ -144,6 +146,7 @@ def gate_Retrieval(c):
         return [na("Retrieval", f"the model sees {c.horizon} tokens: too few for a 64-token distance")]
     d0 = min(res)
     g = res[d0]["gain"]
+    c.numbers["retrieval_gain"] = {d: v["gain"] for d, v in res.items()}
     return [row("Retrieval", " ".join(f"{d}:{v['gain']:.2f}" for d, v in res.items()),
                 grade(g, TH["retr_gain_pass"], TH["retr_gain_fail"]),
                 f"gain@{d0} >= {TH['retr_gain_pass']} (FAIL < {TH['retr_gain_fail']})",
@@ -157,6 +160,7 @@ def gate_SPS(c):
     if not res:
         return [na("SPS", "no feasible retrieval distance")]
     ok = [d for d, v in res.items() if v["gain"] >= TH["sps_margin"]]
+    c.numbers["sps_tokens"] = max(ok) if ok else 0
     limit = "" if c.stateful else f" (limited by block_size {c.T})"
     return [row("SPS", f"{max(ok) if ok else 0} tokens{limit}", "PASS" if ok else "FAIL",
                 f"gain >= {TH['sps_margin']} at the largest distance", f"tested up to {max(res)}")]
@@ -193,8 +197,7 @@ def gate_H2H(c):
     bmet = read_metrics(os.path.join(os.path.dirname(os.path.abspath(c.baseline)), "metrics.jsonl"))
     if c.ckpt is not None and bck["data"]["meta_sha256"] != c.ckpt["data"]["meta_sha256"]:
         return [row("H2H", "different data", "FAIL", "same meta_sha256", "the baseline was trained on other data")]
-    ev = lambda recs: [r for r in recs if r["kind"] == "eval" and r["iter"] > 0] or [r for r in recs if r["kind"] == "eval"]  # noqa: E731
-    me, be = ev(c.metrics), ev(bmet)
+    me, be = ([r for r in recs if r["kind"] == "eval"] for recs in (c.metrics, bmet))
     tok = min(me[-1]["tokens"], be[-1]["tokens"])
     at = lambda evs: float(np.interp(tok, [e["tokens"] for e in evs], [e["val_loss"] for e in evs]))  # noqa: E731
     lm, lb = at(me), at(be)
@@ -210,6 +213,8 @@ def gate_H2H(c):
     target = min(e["val_loss"] for e in be)
     tb_t, tm_t = _interp_time(be, target), _interp_time(me, target)
     cer = "never reached" if tm_t is None else f"{tb_t / max(tm_t, 1e-9):.2f}"
+    c.numbers.update(h2h_loss_ratio=ratio, h2h_tok_s_ratio=ts / tb, h2h_cer=None if tm_t is None else tb_t / max(tm_t, 1e-9),
+                     h2h_tokens=tok)
     rows.append(row("H2H CER", cer, "INFO", "> 1 better", f"baseline time to its best val {target:.4f} / model's"))
     return rows
 
