@@ -82,6 +82,7 @@ TH = THRESHOLDS
 # ---- gates.py's own keys (train.py's keys and every family's are accepted too, so config files work) ----------
 GATE_KEYS = dict(
     ckpt="",               # trained checkpoint; empty = fresh-weights gates from the config
+    summarize="",          # comma list or glob of gates.json files: print markdown tables (mean ± spread), run nothing
     gates="all",           # all | comma list of gate names (see ORDER)
     baseline="",           # baseline checkpoint for the head-to-head (its metrics.jsonl must sit next to it)
     out="",                # output folder (default: the checkpoint's folder, or out_dir for fresh runs)
@@ -805,6 +806,14 @@ def main(argv):
     g = {**train_defaults(), **COMMON_CONFIG, **all_family_configs(), **GATE_KEYS}
     try:
         configure(g, argv)
+        if g["summarize"]:
+            import glob
+            import gates_context
+            paths = sorted(p for pat in g["summarize"].split(",") for p in glob.glob(pat))
+            if not paths:
+                raise ValueError(f"--summarize={g['summarize']} matches no gates.json file")
+            print(gates_context.summarize(paths))
+            return 0
         names = ORDER if g["gates"] == "all" else [n.strip() for n in g["gates"].split(",") if n.strip()]
         bad = [n for n in names if n not in ORDER]
         if bad:

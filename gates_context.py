@@ -271,3 +271,34 @@ def report_png(path, c, rows, baseline_metrics=None):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def summarize(paths):
+    """Markdown tables from several gates.json (e.g. seeds 0/1/2 of two models): per model, each gate's statuses
+    over its runs, and each headline number as mean ± spread (half the range) over runs."""
+    import json
+    runs = {}
+    for p in paths:
+        r = json.load(open(p))
+        a = r["model_args"]
+        runs.setdefault(a["model_type"] + (f"/{a['fusion']}" if a.get("fusion") else ""), []).append(r)
+    names = list(runs)
+    lines = ["| gate | " + " | ".join(f"{n} ({len(runs[n])} runs)" for n in names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    gates = list(dict.fromkeys(row["gate"] for rs in runs.values() for r in rs for row in r["rows"]))
+    for g in gates:
+        cells = []
+        for n in names:
+            st = [row["status"] for r in runs[n] for row in r["rows"] if row["gate"] == g]
+            cells.append(", ".join(f"{k} {st.count(k)}/{len(runs[n])}" for k in dict.fromkeys(st)) or "-")
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    keys = list(dict.fromkeys(k for rs in runs.values() for r in rs for k, v in r.get("numbers", {}).items()
+                              if isinstance(v, (int, float)) and v is not None))
+    lines += ["", "| number | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for k in keys:
+        cells = []
+        for n in names:
+            v = [r["numbers"][k] for r in runs[n] if isinstance(r.get("numbers", {}).get(k), (int, float))]
+            cells.append(f"{np.mean(v):.4g} ± {(max(v) - min(v)) / 2:.2g}" if v else "-")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -94,6 +94,9 @@ def test_cli_on_trained_gpt(gpt_run, tiny_data, tmp_path):
     assert status(res["rows"], "S1") == "n/a" and status(res["rows"], "UCW") == "n/a"  # GPT: no state / no carry
     assert (out / "gates.png").stat().st_size > 10_000
     assert set(gates.THRESHOLDS) and all(k in open(gates.__file__).read() for k in gates.THRESHOLDS)
+    import gates_context
+    table = gates_context.summarize([out / "gates.json"] * 2)
+    assert "| Reeval | PASS 2/2 |" in table and "| val_loss_reeval | " in table
 
 
 def test_reeval_catches_weights_altered_after_saving(gpt_run, tiny_data, tmp_path):
