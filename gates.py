@@ -2,12 +2,16 @@
 
     python gates.py --ckpt=out/ckpt.pt [--gates=all|G1,S2,...] [--baseline=out-gpt/ckpt.pt] [--seed=0] [--device=cuda]
     python gates.py config/gf_mh_8m.py [--key=value ...]      # fresh weights: the gates that need no training
+    python gates.py --summarize="out-*/gates.json"            # markdown tables over runs (e.g. seeds 0/1/2)
 
 Prints a table (gate, value, status, threshold), writes gates.json (provenance, checkpoint + iter + data identity,
 seed, every row and curve) and gates.png (loss curves from the run's metrics.jsonl, LRD, D4, retrieval, state
 growth) next to the checkpoint or into --out, and exits 1 on any FAIL (2 on bad input). Gates that do not apply
 to a family say "n/a (why)". Every threshold is in THRESHOLDS below, with why. Statuses: PASS / WARN / FAIL,
 n/a, and INFO for pure measurements (head-to-head speed, memory, CER) that have nothing to pass.
+This file: thresholds, CLI, the model-side gates (G, S, D, overfit, baselines, re-eval, resume); gates_context.py:
+the log/data gates (frozen val, leak), the text-side gates (diversity, LRD, UCW, retrieval, SPS, ACT, head-to-head),
+the report PNG and --summarize.
 """
 import ast
 import copy
@@ -722,46 +726,6 @@ def gate_Resume(c):
     return [row("Resume", f"logits {e_logit:.1e}, step loss {e_loss:.1e}, params {e_param:.1e}",
                 "PASS" if e <= TH["resume_rel_tol"] else "FAIL", f"rel <= {TH['resume_rel_tol']:g}",
                 "save_checkpoint -> load_checkpoint -> model_from_checkpoint, optimizer state included")]
-
-
-def gate_Frozen(c):
-    if c.metrics is None:
-        return [na("Frozen", "no metrics.jsonl next to the checkpoint")]
-    vals = [r["val_loss"] for r in c.metrics if r["kind"] == "eval"]
-    if len(vals) < 2:
-        return [row("Frozen", f"{len(vals)} eval(s)", "WARN", "", "fewer than 2 evals: cannot tell")]
-    same = sum(abs(a - b) <= TH["frozen_min_delta"] for a, b in zip(vals, vals[1:]))
-    st = "FAIL" if same == len(vals) - 1 else ("WARN" if same else "PASS")
-    return [row("Frozen", f"{len(vals)} evals, {vals[0]:.4f}->{vals[-1]:.4f}, {same} unchanged step(s)", st,
-                f"consecutive evals differ by > {TH['frozen_min_delta']:g}", "from metrics.jsonl")]
-
-
-def ngram_hashes(a, n):
-    a = np.asarray(a, dtype=np.uint64)
-    m = len(a) - n + 1
-    if m <= 0:
-        return np.zeros(0, dtype=np.uint64)
-    h = np.zeros(m, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(n):
-            h = h * np.uint64(1000003) + a[j:j + m] + np.uint64(1)
-    return h
-
-
-def gate_Leak(c):
-    n = 64 if c.V <= 512 else 32
-    if len(c.val) < n + 1:
-        return [na("Leak", f"val split shorter than {n} tokens")]
-    starts = c.gen("leak").integers(0, len(c.val) - n + 1, 1000)
-    vh = ngram_hashes(c.val, n)[starts]
-    hit = np.zeros(len(vh), dtype=bool)
-    chunk = 10_000_000
-    for s in range(0, min(len(c.train), 400_000_000), chunk):
-        hit |= np.isin(vh, ngram_hashes(c.train[s:s + chunk + n - 1], n))
-    frac = float(hit.mean())
-    st = grade(frac, TH["leak_warn"], TH["leak_fail"], higher_better=False)
-    return [row("Leak", f"{frac:.1%} of val {n}-grams in train", st, f"< {TH['leak_warn']:.0%} (FAIL >= {TH['leak_fail']:.0%})",
-                "1000 random val n-grams vs every train n-gram (hash)")]
 
 
 def registry():

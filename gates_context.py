@@ -1,4 +1,4 @@
-"""Gates on what a checkpoint does with text: sample diversity, context use (LRD, useful context window,
+"""Gates on the run's log and data (frozen val, val/train leak) and on what a checkpoint does with text: sample diversity, context use (LRD, useful context window,
 retrieval of a planted span, state persistence), adaptive depth (ACT), the head-to-head with a baseline, and the
 report PNG. Split from gates.py by concern (file size); thresholds, Ctx and helpers live there (gates.THRESHOLDS).
 """
@@ -14,6 +14,48 @@ from gates import TH, grade, long_forward, na, row, seed_of, token_losses
 from metrics import read_metrics
 
 
+# ---- the run's log and data ----------------------------------------------------------------------------------------
+def gate_Frozen(c):
+    if c.metrics is None:
+        return [na("Frozen", "no metrics.jsonl next to the checkpoint")]
+    vals = [r["val_loss"] for r in c.metrics if r["kind"] == "eval"]
+    if len(vals) < 2:
+        return [row("Frozen", f"{len(vals)} eval(s)", "WARN", "", "fewer than 2 evals: cannot tell")]
+    same = sum(abs(a - b) <= TH["frozen_min_delta"] for a, b in zip(vals, vals[1:]))
+    st = "FAIL" if same == len(vals) - 1 else ("WARN" if same else "PASS")
+    return [row("Frozen", f"{len(vals)} evals, {vals[0]:.4f}->{vals[-1]:.4f}, {same} unchanged step(s)", st,
+                f"consecutive evals differ by > {TH['frozen_min_delta']:g}", "from metrics.jsonl")]
+
+
+def ngram_hashes(a, n):
+    a = np.asarray(a, dtype=np.uint64)
+    m = len(a) - n + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.zeros(m, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h = h * np.uint64(1000003) + a[j:j + m] + np.uint64(1)
+    return h
+
+
+def gate_Leak(c):
+    n = 64 if c.V <= 512 else 32
+    if len(c.val) < n + 1:
+        return [na("Leak", f"val split shorter than {n} tokens")]
+    starts = c.gen("leak").integers(0, len(c.val) - n + 1, 1000)
+    vh = ngram_hashes(c.val, n)[starts]
+    hit = np.zeros(len(vh), dtype=bool)
+    chunk = 10_000_000
+    for s in range(0, min(len(c.train), 400_000_000), chunk):
+        hit |= np.isin(vh, ngram_hashes(c.train[s:s + chunk + n - 1], n))
+    frac = float(hit.mean())
+    st = grade(frac, TH["leak_warn"], TH["leak_fail"], higher_better=False)
+    return [row("Leak", f"{frac:.1%} of val {n}-grams in train", st, f"< {TH['leak_warn']:.0%} (FAIL >= {TH['leak_fail']:.0%})",
+                "1000 random val n-grams vs every train n-gram (hash)")]
+
+
+# ---- samples ------------------------------------------------------------------------------------------------------
 def _longest_repeat(s):
     lo, hi = 0, len(s) - 1
     while lo < hi:
