@@ -42,7 +42,7 @@ THRESHOLDS = dict(
     g2_entropy_fail=0.5,      # below half of ln V the init already commits to few tokens (saturated logits)
     g3_drop_pass=0.10,        # short train: loss must fall >= 10% from its start (ln V) in g3_steps steps on real data
     g3_drop_fail=0.02,        # < 2%: not learning (lr 0, frozen params, detached graph)
-    g3_grad_band=(1e-3, 1e2), # median pre-clip grad norm outside this = vanishing or exploding at init
+    g3_grad_band=(1e-3, 1e3), # median pre-clip grad norm (clipped at grad_clip) outside = vanishing / a scale bug; fresh hybrids sit ~10-100
     spike_ratio=2.0,          # a loss > 2x its running mean (previous 10 steps) is a spike (groundthink's red line)
     g4_ablate_fail=0.005,     # zeroing a branch must raise val loss by >= 0.5% (relative): below, the branch is dead
     g4_ablate_pass=0.02,      # >= 2% relative: the branch clearly matters
