@@ -14,7 +14,8 @@
 #   bash scripts/device_recursive.sh --smoke    # CPU, tiny everything, < 30 s on a free 2-core machine
 # Environment: OUT (results; default out-recursive-results), PYTHON, DATA_DIR (default data), SEEDS ("0 1 2"),
 # CLUES (50), SUD_ITERS (1200), LM_ITERS (2500), BUDGET (seconds per training run, 400),
-# SHAKESPEARE_TXT (tinyshakespeare input.txt when data/shakespeare_char is not prepared; no network needed).
+# SHAKESPEARE_TXT (tinyshakespeare input.txt when data/shakespeare_char is not prepared; no network needed),
+# EXTRA_ARGS (appended to every train.py command), DEVICE (cuda; for a CPU dry run of the full-size branch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=0
@@ -38,7 +39,7 @@ if [ $SMOKE = 1 ]; then
     [ -f "$DATA/stdlib_char/meta.json" ] || $PY prepare.py --data_dir="$DATA" --max_bytes=100000 > "$WORK/prepare.log"
     LM_DEPTHS=1,2
 else
-    DEVICE=cuda; SEEDS=${SEEDS:-"0 1 2"}; CLUES=${CLUES:-50}; NTRAIN=${NTRAIN:-2000}; NAUG=${NAUG:-32}
+    DEVICE=${DEVICE:-cuda}; SEEDS=${SEEDS:-"0 1 2"}; CLUES=${CLUES:-50}; NTRAIN=${NTRAIN:-2000}; NAUG=${NAUG:-32}
     NVAL=256; NTEST=${NTEST:-1000}; WORKERS=$(nproc)
     SUD_ITERS=${SUD_ITERS:-1200}; LM_ITERS=${LM_ITERS:-2500}; BUDGET=${BUDGET:-400}; DEPTHS=1,2,4,8,16
     SUD_X=""
@@ -66,13 +67,14 @@ fi
 # ---- training, all concurrently
 train() {  # name, args...
     local name=$1; shift
-    ( set +e; timeout -s TERM -k 60 $BUDGET $PY train.py "$@" --data_dir="$DATA" --out_dir="$WORK/$name" \
-        > "$WORK/$name.log" 2>&1; echo $? > "$WORK/$name.rc" ) &
+    ( set +e; timeout -s TERM -k 60 $BUDGET $PY train.py "$@" ${EXTRA_ARGS:-} --data_dir="$DATA" \
+        --out_dir="$WORK/$name" > "$WORK/$name.log" 2>&1; echo $? > "$WORK/$name.rc" ) &
 }
 SUD="--dataset=$DS --max_iters=$SUD_ITERS --lr_decay_iters=$SUD_ITERS"
 for s in $SEEDS; do
     train sudoku-trm-s$s config/sudoku_trm.py $SUD --seed=$s $SUD_X
-    train sudoku-norec-s$s config/sudoku_trm.py $SUD --seed=$s $SUD_X --rec_n=1 --rec_T=1 --halt_max_steps=1 --rec_act=False
+    train sudoku-norec-s$s config/sudoku_trm.py $SUD --seed=$s $SUD_X \
+        --rec_n=1 --rec_T=1 --halt_max_steps=1 --rec_act=False
     train sudoku-gpt-s$s config/sudoku_gpt.py $SUD --seed=$s $SUD_X
 done
 if [ "$LM_ITERS" != 0 ]; then
@@ -97,7 +99,9 @@ for d in "$WORK"/*/; do
 done
 mkdir -p "$OUT/logs"
 cp "$WORK"/*.log "$WORK"/*.rc "$OUT/logs/" 2>/dev/null || true
-EXTRA=$(printf '{"script": {"smoke": %s, "seeds": "%s", "clues": %s, "dataset": "%s", "sudoku_iters": %s, "lm_iters": %s, "budget_s": %s, "wall_s": %s}}' \
-    $([ $SMOKE = 1 ] && echo true || echo false) "$SEEDS" $CLUES "$DS" $SUD_ITERS $LM_ITERS $BUDGET $(( $(date +%s) - T0 )))
+FMT='{"script": {"smoke": %s, "seeds": "%s", "clues": %s, "dataset": "%s", "sudoku_iters": %s, "lm_iters": %s, '
+FMT+='"budget_s": %s, "wall_s": %s}}'
+EXTRA=$(printf "$FMT" $([ $SMOKE = 1 ] && echo true || echo false) "$SEEDS" $CLUES "$DS" $SUD_ITERS $LM_ITERS $BUDGET \
+    $(( $(date +%s) - T0 )))
 $PY scripts/recursive_eval.py summarize "$OUT" --device=$DEVICE --extra="$EXTRA" | tee "$OUT/summary.txt"
 stamp "wrote $OUT/results.json"
