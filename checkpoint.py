@@ -114,6 +114,12 @@ def model_from_checkpoint(ckpt, device="cpu", use_ema=False):
     """Rebuild the model from model_args and load its weights (the EMA weights when asked and present)."""
     from model import build_model
     model = build_model(ckpt["model_args"])
-    sd = ckpt["ema"] if use_ema and ckpt["ema"] is not None else ckpt["model"]
-    model.load_state_dict(clean_state_dict(sd))
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    if use_ema and ckpt["ema"] is not None:
+        # the EMA holds parameters only (no buffers), one entry per parameter name: copy each into its parameter,
+        # so a tied weight (wte = lm_head) gets its EMA value once, and buffers keep the live values
+        ema = clean_state_dict(ckpt["ema"])
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(ema[name])
     return model.to(device)

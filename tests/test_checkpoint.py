@@ -77,3 +77,18 @@ def test_crop_block_size():
     assert torch.equal(m(idx)[0], before)
     with pytest.raises(ValueError, match="block_size"):
         m(torch.randint(0, 11, (1, 5)))
+
+
+def test_ema_weights_load_into_tied_model(tmp_path):
+    m = tiny()
+    ck = minimal(m)
+    ema = {name: p.detach() + 1.0 for name, p in m.named_parameters()}  # what train.py stores: parameters only
+    ck["ema"] = ema
+    C.save_checkpoint(str(tmp_path / "e.pt"), ck)
+    loaded = C.load_checkpoint(str(tmp_path / "e.pt"))
+    m_ema = C.model_from_checkpoint(loaded, use_ema=True)
+    for name, p in m_ema.named_parameters():
+        assert torch.equal(p, ema[name])
+    assert m_ema.lm_head.weight is m_ema.transformer.wte.weight  # still tied
+    m_live = C.model_from_checkpoint(loaded, use_ema=False)
+    assert torch.equal(m_live.lm_head.weight, m.lm_head.weight)
