@@ -299,7 +299,8 @@ def test_device_spine_smoke(tmp_path, monkeypatch):
 def test_train_and_generate_on_cuda(tiny_data, tmp_path):
     """On a CUDA machine: bf16 + compile (train.py's CUDA defaults) through the timed loop, events per step, peak
     memory, the attention path, and a KV-cache generation run."""
-    gpu = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--dropout=0.0", f"--data_dir={tiny_data}"]
+    gpu = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--dropout=0.0", f"--data_dir={tiny_data}",
+           "--dataset=stdlib_char"]  # gpt_8m names shakespeare_char; both configs must read the same tokens
     doc = json.load(open(bench.main(["config/quickstart.py", "config/gpt_8m.py", *gpu, "--device=cuda",
                                      "--dtype=bfloat16", "--compile=True", "--T=64,128", "--tokens_per_step=2048",
                                      "--steps=5", "--warmup=3", f"--out={tmp_path}", "--name=gpu"])))
