@@ -207,6 +207,8 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if self.impl == "sdpa" and past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        elif self.impl == "sdpa" and T == 1:  # one new token attends to the whole cache: no mask to build
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:  # explicit mask: the math path, and cached decoding where query i sits at position past + i
             S = k.size(2)
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
