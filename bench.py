@@ -69,7 +69,7 @@ OPTIONS = dict(
     gen_batch="1,16",        # generate: batch sizes
     gen_tokens=128,          # generate: decode steps timed
     gen_repeats=5,           # generate: timed repeats (after one warm-up repeat)
-    metrics="",              # runs: comma list of metrics.jsonl paths
+    metrics="",              # runs: comma list of metrics.jsonl paths (or FILE#RUN: run RUN of a merged JSONL)
     target=1.47,             # runs: val-loss target for time-to-target
     tok_window="100,300",    # runs: iteration window [a, b] (inclusive) for the median tok/s
     gate="",                 # runs: e.g. "tok_s>=1.4e6,best_val<=1.47,wall_to_target<=150"
@@ -483,8 +483,23 @@ def run_generate(opts, labels, cfgs, datas):
 
 
 # ---- runs -------------------------------------------------------------------------------------------------------
-def summarize_run(path, target, window):
+def read_run(spec):
+    """One run's metrics records: a train.py metrics.jsonl, or FILE#RUN = the lines of run RUN in a JSONL that
+    holds several runs (the device scripts merge their runs' logs into one file, each line tagged "run": RUN, since
+    a GPU box hands back only a few files)."""
+    path, _, run = spec.partition("#")
     recs = read_metrics(path)
+    if not run:
+        return recs
+    mine = [r for r in recs if r.get("run") == run]
+    if not mine:
+        have = sorted({str(r.get("run")) for r in recs})
+        raise BenchError(f"{path} has no lines of run {run!r} (runs there: {', '.join(have)}); use FILE#RUN with one of those")
+    return mine
+
+
+def summarize_run(path, target, window):
+    recs = read_run(path)
     heads = [r for r in recs if r["kind"] == "run"]
     if not heads:
         raise BenchError(f"{path} has no 'run' header line; is it a train.py metrics.jsonl?")
@@ -545,7 +560,7 @@ def run_runs(opts):
     window = int_list(opts["tok_window"], "tok_window")
     if len(window) != 2 or window[0] > window[1]:
         raise BenchError(f"--tok_window={opts['tok_window']!r}: give two iterations a,b with a <= b")
-    missing = [p for p in paths if not os.path.exists(p)]
+    missing = [p for p in paths if not os.path.exists(p.partition("#")[0])]
     if missing:
         raise BenchError(f"metrics file(s) not found: {', '.join(missing)}")
     per_run = [summarize_run(p, opts["target"], window) for p in paths]

@@ -1,0 +1,122 @@
+"""The one-command GPU scripts for issues 4 and 6 (scripts/device_hybrid.sh, scripts/device_gates.sh), end to end on
+a CPU with --smoke (tiny models, the same pipeline), and bench.py reading one run out of a merged metrics JSONL.
+What a GPU box hands back is limited (8 files, flat, here only JSON / JSONL / PNG), so each test checks that too."""
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def corpus(tmp_path):
+    """A real-text corpus that does not need the shipped tinyshakespeare (the project must not require it)."""
+    import argparse
+    import configparser
+    import inspect
+    p = tmp_path / "corpus.txt"
+    p.write_text(inspect.getsource(argparse) + inspect.getsource(configparser))
+    return p
+
+
+def run_script(args, env=None, timeout=240):
+    e = dict(os.environ, PYTHON=PY, OMP_NUM_THREADS="1")
+    e.update(env or {})
+    return subprocess.run(["bash", *args], cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def flat_results(out):
+    files = sorted(os.listdir(out))
+    assert 0 < len(files) <= 8, files
+    assert all(f.endswith((".json", ".jsonl", ".png")) and not os.path.isdir(out / f) for f in files), files
+    return files
+
+
+def metrics_lines(seed, vals, device_name="cpu test"):
+    head = dict(kind="run", seed=seed, device="cpu", device_name=device_name, config=dict(seed=seed, log_interval=1),
+                tokens_per_iter=64)
+    evals = [dict(kind="eval", iter=10 * i, val_loss=v, train_time_s=float(i)) for i, v in enumerate(vals)]
+    trains = [dict(kind="train", iter=i, tok_s=1000.0 + i) for i in range(0, 21)]
+    return [head, *trains, *evals, dict(kind="end", reason="max_iters", iter=20, train_time_s=2.0)]
+
+
+def test_bench_runs_reads_one_run_of_a_merged_jsonl(tmp_path):
+    """FILE#RUN picks exactly that run's lines: the summary equals the one from the run's own file; a run id that is
+    not there is a clear error naming the ids that are."""
+    runs = {"m_s0": metrics_lines(0, [3.0, 2.0, 2.5]), "m_s1": metrics_lines(1, [3.1, 2.2, 1.9])}
+    merged = tmp_path / "merged.jsonl"
+    with open(merged, "w") as f:
+        for rid, lines in runs.items():
+            single = tmp_path / f"{rid}.jsonl"
+            single.write_text("".join(json.dumps(r) + "\n" for r in lines))
+            f.write("".join(json.dumps({"run": rid, **r}) + "\n" for r in lines))
+    a = bench.main(["--what=runs", f"--metrics={merged}#m_s0,{merged}#m_s1", "--target=2.0", "--tok_window=0,20",
+                    f"--out={tmp_path / 'a'}", "--name=x"])
+    b = bench.main(["--what=runs", f"--metrics={tmp_path / 'm_s0.jsonl'},{tmp_path / 'm_s1.jsonl'}", "--target=2.0",
+                    "--tok_window=0,20", f"--out={tmp_path / 'b'}", "--name=x"])
+    sa, sb = json.load(open(a))["summary"], json.load(open(b))["summary"]
+    assert sa == sb and sa["seeds"] == [0, 1] and sa["best_val"]["min"] == 1.9 and sa["reached_target"] == 2
+    with pytest.raises(bench.BenchError, match="m_s0, m_s1"):
+        bench.main(["--what=runs", f"--metrics={merged}#m_s7", f"--out={tmp_path / 'c'}"])
+
+
+def test_device_hybrid_speed_smoke(tmp_path):
+    """Speed + generation: every measurement its own process, merged into one train and one generate results file
+    in bench.py's format (make_tables renders them); the hybrid/GPT ratio is the rows' tok/s ratio; a measurement that
+    breaks is recorded with its exit code and log tail instead of ending the command."""
+    out = tmp_path / "out"
+    p = run_script(["scripts/device_hybrid.sh", "--smoke", str(corpus(tmp_path)), str(out)])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    files = flat_results(out)
+    assert len(files) == 2
+    speed = json.load(open(glob.glob(str(out / "*_hybrid_smoke_speed.json"))[0]))
+    gen = json.load(open(glob.glob(str(out / "*_hybrid_smoke_generate.json"))[0]))
+    s = speed["summary"]
+    assert speed["what"] == "train" and speed["schema"] == bench.SCHEMA
+    assert all(m["outcome"] == "ok" for m in s["measurements"]) and len(s["measurements"]) == 3
+    tok = {(r["config"], r["backends"].get("wkv")): r["tok_s_median"] for r in s["rows"]}
+    assert set(tok) == {("gpt_8m", None), ("gf_mh_8m", "torch")}
+    (ratio,) = s["hybrid_vs_gpt"]
+    assert ratio["T"] == 16 and ratio["ratio"] == pytest.approx(tok[("gf_mh_8m", "torch")] / tok[("gpt_8m", None)])
+    assert len(speed["commands"]) == 2 and all(shlex.split(c)[1] == "bench.py" for c in speed["commands"])
+    paths = {(r["config"], r["path"]) for r in gen["summary"]["rows"]}
+    assert paths == {("gf_mh_8m", "recurrent_step"), ("gpt_8m", "kv_cache")} and len(gen["summary"]["rows"]) == 8
+    import make_tables
+    (tmp_path / "results").mkdir()
+    for f in files:
+        os.replace(out / f, tmp_path / "results" / f)
+    text = make_tables.render(str(tmp_path / "results"))
+    assert "### Training throughput" in text and "### Generation speed" in text and "recurrent_step" in text
+
+
+def test_device_gates_smoke(tmp_path):
+    """Training both models (device_hybrid.sh --quality: one merged metrics JSONL, bench.py --what=runs per model
+    reading it by run id), gates on each checkpoint (the hybrid against the GPT of its seed), the --summarize
+    tables and every gates.json merged into one file; at most 8 files back. A gate FAIL (expected for 20-step toy
+    models) is a result, not a broken command: exit 0."""
+    out = tmp_path / "out"
+    p = run_script(["scripts/device_gates.sh", "--smoke", str(corpus(tmp_path)), str(out)], env=dict(SEEDS="0"))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    files = flat_results(out)
+    g = json.load(open(glob.glob(str(out / "*_gates_smoke.json"))[0]))
+    assert set(g["runs"]) == {"gf_mh_8m_s0", "gpt_8m_s0"}
+    assert all(o["rc"] in ("0", "1") and o["gates_json"] for o in g["outcome"].values())
+    hyb = g["runs"]["gf_mh_8m_s0"]
+    assert hyb["baseline"].endswith("gpt_8m_s0/ckpt.pt") and hyb["model_args"]["model_type"] == "hybrid"
+    assert {r["gate"].split()[0] for r in hyb["rows"]} >= {"G4", "Reeval", "H2H"}
+    assert "| gate |" in g["summary_markdown"] and "hybrid/GF-MH" in g["summary_markdown"]
+    (jl,) = [f for f in files if f.endswith(".jsonl")]
+    lines = [json.loads(x) for x in open(out / jl)]
+    assert {r["run"] for r in lines} == {"gf_mh_8m_s0", "gpt_8m_s0"}
+    q = json.load(open(glob.glob(str(out / "*_quality_gf_mh_8m.json"))[0]))
+    evals = [r["val_loss"] for r in lines if r["run"] == "gf_mh_8m_s0" and r["kind"] == "eval"]
+    assert q["summary"]["runs"] == 1 and q["raw"][0]["best_val"] == min(evals)
+    assert sum(f.endswith(".png") for f in files) >= 2
