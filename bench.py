@@ -494,7 +494,8 @@ def read_run(spec):
     mine = [r for r in recs if r.get("run") == run]
     if not mine:
         have = sorted({str(r.get("run")) for r in recs})
-        raise BenchError(f"{path} has no lines of run {run!r} (runs there: {', '.join(have)}); use FILE#RUN with one of those")
+        raise BenchError(f"{path} has no lines of run {run!r} (runs there: {', '.join(have)}); use FILE#RUN with one "
+                         f"of those")
     return mine
 
 

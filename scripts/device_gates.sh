@@ -76,7 +76,9 @@ ids=()
 for s in ${SEEDS//,/ }; do
   for m in gpt_8m gf_mh_8m; do
     ck=runs/${m}_s$s/ckpt.pt
-    [ -f "$ck" ] || { echo "[gates] ${m}_s$s has no checkpoint" >&2; printf '%s_s%s\tno checkpoint\n' $m $s >> gates/rc.tsv; continue; }
+    if [ ! -f "$ck" ]; then
+      echo "[gates] ${m}_s$s has no checkpoint" >&2; printf '%s_s%s\tno checkpoint\n' $m $s >> gates/rc.tsv; continue
+    fi
     base=()
     [ $m = gf_mh_8m ] && [ -f runs/gpt_8m_s$s/ckpt.pt ] && base=(--baseline=runs/gpt_8m_s$s/ckpt.pt)
     ids+=("${m}_s$s")
@@ -99,7 +101,9 @@ cmd="bash scripts/device_gates.sh$([ $smoke = 1 ] && echo ' --smoke') CORPUS OUT
 $PY - "g/${day}_${name}.json" "$cmd" "$SEEDS" "$md" "${ids[@]}" <<'EOF'
 import json, os, sys
 path, cmd, seeds, md, ids = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-rcs = dict(l.rstrip("\n").split("\t") for l in open("gates/rc.tsv") if l.strip()) if os.path.exists("gates/rc.tsv") else {}
+rcs = {}
+if os.path.exists("gates/rc.tsv"):
+    rcs = dict(l.rstrip("\n").split("\t") for l in open("gates/rc.tsv") if l.strip())
 runs, outcome = {}, {}
 for i in ids:
     f = f"gates/{i}/gates.json"
@@ -116,7 +120,8 @@ for k, v in rcs.items():  # runs that never started (no checkpoint)
 doc = dict(what="gates", command=cmd, seeds=[int(s) for s in seeds.split(",") if s.strip()], summary_markdown=md,
            outcome=outcome, runs=runs,
            notes=["runs[<model>_s<seed>] is that checkpoint's gates.json as gates.py wrote it; split them back into "
-                  "files to re-run gates.py --summarize, or read summary_markdown (made on the box from the same files)",
+                  "files to re-run gates.py --summarize, or read summary_markdown (made on the box from the same "
+                  "files)",
                   "the hybrid's head-to-head (H2H) baseline is the gpt_8m of the same seed; training budget and end "
                   "reasons: the *_quality_*.json files beside this one"])
 with open(path, "w") as f:

@@ -2,8 +2,9 @@
 # Issue 4's GPU numbers, one command each (< 10 minutes on one H100; stateless box, no network):
 #   default   (a) speed: bench.py train, bf16 + torch.compile (train.py's CUDA default, CUDA graphs), fused AdamW,
 #                 16,384 tokens per step: gpt_8m and gf_mh_8m at T=256 (the hybrid with --wkv_backend=cuda and
-#                 =triton), then T=4096 and 16384 (wkv auto); (b) generation: bench.py --what=generate for both at
-#                 ctx 256, 2048, 8192, batch 1 and 16 (fresh weights: speed only; the GPT at block_size 8320).
+#                 =triton), then T=4096 and 16384 (wkv LONG_WKV, default triton); (b) generation: bench.py
+#                 --what=generate for both at ctx 256, 2048, 8192, batch 1 and 16 (fresh weights: speed only; the GPT
+#                 at block_size 8320).
 #   --quality SEEDS MODELS   trains config/<model>.py for every seed, all runs at once on the one GPU (small models
 #                 leave an H100 mostly idle), then bench.py --what=runs per model over its seeds, target 1.47.
 # Every measurement is its own process under `timeout` with a share of TOTAL_BUDGET: a compile that fails, hangs or
@@ -15,10 +16,11 @@
 #   bash scripts/device_hybrid.sh --smoke [--quality ...] CORPUS OUT_DIR             (CPU, tiny models: tests it)
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
-#   quality: ITERS (2000; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (250),
+#   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (250),
 #   EVAL_ITERS (50: the val split is tiled whole either way, 435 windows of 256 < 50 x 64; fewer only shortens the
 #   train-loss estimate), COMPILE (True), STAGGER (s, 240): the first seed of each model starts alone and the other
-#   seeds start once it has logged iter 0 (compiled: the others then hit the inductor cache) or after STAGGER s.
+#   seeds start once it has logged iter 0 (compiled: the others then hit the inductor cache) or after STAGGER s;
+#   TRAIN_ARGS (extra train.py options for every run, e.g. "--compile_mode=default" if CUDA graphs fail).
 #   Runs still going at the deadline get SIGTERM: train.py saves and stops, end reason "signal" in the results.
 #   WORK (scratch folder, default a fresh temp dir; device_gates.sh passes one and reads the checkpoints there).
 set -uo pipefail
@@ -54,7 +56,8 @@ mkdir -p "$work/results" "$work/parts" "$work/logs"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 [ $smoke = 1 ] && name=hybrid_smoke || name=hybrid
 for m in ${qmodels//,/ }; do
-  [ -f "config/$m.py" ] || { echo "error: --quality model $m: no config/$m.py (e.g. gf_mh_8m,gpt_8m,rwkv_8m,mamba_8m)" >&2; exit 2; }
+  [ -f "config/$m.py" ] || { echo "error: --quality model $m: no config/$m.py (e.g. gf_mh_8m,gpt_8m,rwkv_8m)" >&2
+                             exit 2; }
 done
 
 collect() {  # JSON and JSONL first, then PNGs (by name: seed first, so every model's first seed), 8 files; flat
@@ -69,7 +72,8 @@ collect() {  # JSON and JSONL first, then PNGs (by name: seed first, so every mo
 }
 trap collect EXIT
 
-echo "[hybrid] $(date -u +%FT%TZ) git ${LAB_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo none)}; $(nvidia-smi -L 2>/dev/null | head -n 1 || echo no nvidia-smi)"
+echo "[hybrid] $(date -u +%FT%TZ) git ${LAB_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo none)};" \
+     "$(nvidia-smi -L 2>/dev/null | head -n 1 || echo no nvidia-smi)"
 if [ ! -f "$work/data/shakespeare_char/meta.json" ]; then
   $PY prepare.py --source=shakespeare --input="$corpus" --data_dir="$work/data" > "$work/logs/prepare.log" 2>&1 \
     || { cat "$work/logs/prepare.log" >&2; echo "[hybrid] prepare failed" >&2; exit 1; }
@@ -104,9 +108,9 @@ fi
 
 # ---------------------------------------------------------------------------------------------------- quality
 if [ $quality = 1 ]; then
-  ITERS=${ITERS:-2000}; EVAL_INTERVAL=${EVAL_INTERVAL:-250}; EVAL_ITERS=${EVAL_ITERS:-50}; STAGGER=${STAGGER:-240}
+  ITERS=${ITERS:-1500}; EVAL_INTERVAL=${EVAL_INTERVAL:-250}; EVAL_ITERS=${EVAL_ITERS:-50}; STAGGER=${STAGGER:-240}
   targs=(--max_iters=$ITERS --lr_decay_iters=$ITERS --eval_interval=$EVAL_INTERVAL --eval_iters=$EVAL_ITERS
-         --compile=${COMPILE:-True})
+         --compile=${COMPILE:-True} ${TRAIN_ARGS:-})
   window=100,300; target=1.47
   if [ $smoke = 1 ]; then
     targs=("${tiny[@]}" --block_size=32 --batch_size=4 --max_iters=20 --lr_decay_iters=20 --eval_interval=10
@@ -127,7 +131,8 @@ if [ $quality = 1 ]; then
   if [ ${#seeds[@]} -gt 1 ]; then
     t0=$SECONDS  # the first seeds compile alone; the rest follow once each has logged iter 0 (or died)
     for m in "${models[@]}"; do
-      while [ $((SECONDS - t0)) -lt $STAGGER ] && ! grep -qE "^iter 0:|^error|Traceback" "logs/${m}_s${seeds[0]}.log" 2>/dev/null \
+      while [ $((SECONDS - t0)) -lt $STAGGER ] \
+            && ! grep -qE "^iter 0:|^error|Traceback" "logs/${m}_s${seeds[0]}.log" 2>/dev/null \
             && ! grep -q "^${m}_s${seeds[0]}	" status.tsv; do sleep 2; done
     done
     echo "[hybrid] other seeds start at ${SECONDS}s"
@@ -162,17 +167,20 @@ fi
 
 # ---------------------------------------------------------------------------------------------------- speed
 if [ $smoke = 1 ]; then
-  bargs=(--tokens_per_step=64 --steps=2 --warmup=1); T0=16; TLONG=(); VARIANTS=(torch)  # long T: not on a CPU
+  bargs=(--tokens_per_step=64 --steps=2 --warmup=1); T0=16; VARIANTS=(torch)
+  TLONG=(); LONG_WKV=torch  # long T: not on a CPU
   gargs=(--ctx=8,16 --gen_batch=1,2 --gen_tokens=4 --gen_repeats=1); GEN_BLOCK=20
 else
   bargs=(--tokens_per_step=16384 --dtype=bfloat16 --compile=True); T0=256; TLONG=(4096 16384); VARIANTS=(cuda triton)
+  LONG_WKV=${LONG_WKV:-triton}  # the kernels' measured order: Triton beats the CUDA kernel at T >= 1024
   gargs=(--ctx=256,2048,8192 --gen_batch=1,16 --gen_tokens=128 --gen_repeats=3); GEN_BLOCK=8320
 fi
 B=("$repo/bench.py" "${tiny[@]}" "${bargs[@]}" --out=parts)
 # most important first: the T=256 ratio, then generation, then long T; each measurement is capped (seconds)
 measure gpt_T$T0 150 $PY "${B[@]}" config/gpt_8m.py --T=$T0 --name=gpt_8m_T$T0
 for v in "${VARIANTS[@]}"; do
-  measure gf_mh_T${T0}_wkv_$v 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v --name=gf_mh_8m_T${T0}_wkv_$v
+  measure gf_mh_T${T0}_wkv_$v 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
+      --name=gf_mh_8m_T${T0}_wkv_$v
   rc=$?
   if [ $smoke = 0 ] && [ $rc != 0 ] && [ $rc != 124 ]; then  # a compile error: is it the CUDA graphs?
     measure gf_mh_T${T0}_wkv_${v}_nograph 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
@@ -186,7 +194,7 @@ measure generate 180 $PY "$repo/bench.py" "${tiny[@]}" config/gf_mh_8m.py config
     "${gargs[@]}" --block_size=$GEN_BLOCK --out=parts --name=generate
 for T in "${TLONG[@]}"; do
   measure gpt_T$T 120 $PY "${B[@]}" config/gpt_8m.py --T=$T --name=gpt_8m_T$T
-  measure gf_mh_T$T 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T --name=gf_mh_8m_T$T
+  measure gf_mh_T$T 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T --wkv_backend=$LONG_WKV --name=gf_mh_8m_T$T
 done
 
 # merge the parts into one train and one generate results file (bench.py's format, so make_tables reads them)
@@ -234,7 +242,8 @@ def merged(what, docs, extra_notes, summary_extra):
     return doc
 
 train_docs = [d for d in parts.values() if d["what"] == "train"]
-tok = {(r["config"], r["T"], r["backends"].get("wkv")): r["tok_s_median"] for d in train_docs for r in d["summary"]["rows"]}
+tok = {(r["config"], r["T"], r["backends"].get("wkv")): r["tok_s_median"]
+       for d in train_docs for r in d["summary"]["rows"]}
 gpt = {T: v for (c, T, _), v in tok.items() if c == "gpt_8m"}
 ratios = [dict(T=T, wkv=w, hybrid_tok_s=v, gpt_tok_s=gpt.get(T), ratio=v / gpt[T] if gpt.get(T) else None)
           for (c, T, w), v in sorted(tok.items(), key=lambda x: (x[0][1], str(x[0][2]))) if c == "gf_mh_8m"]
@@ -247,7 +256,8 @@ train = merged("train", train_docs, [
     "each measurement is its own process under a time limit; summary.measurements lists every one with its outcome"],
     dict(hybrid_vs_gpt=ratios, crossover_T=min(cross) if cross else None))
 gen = merged("generate", [d for d in parts.values() if d["what"] == "generate"], [
-    f"both models ran with --block_size={gen_block} so that the GPT's prompt + new tokens fit (RoPE has no position table; "
+    f"both models ran with --block_size={gen_block} so that the GPT's prompt + new tokens fit (RoPE has no position "
+    "table; "
     "fresh weights, speed only). The trained gpt_8m has block_size 256: its quality at longer contexts is n/a",
     "hybrid rows: prefill = the parallel forward returning the recurrent state, decode = step(), O(1) per token"],
     dict(gpt_block_size_used=int(gen_block), gpt_trained_block_size=256))
