@@ -113,7 +113,8 @@ if [ $quality = 1 ]; then
          --compile=${COMPILE:-True} ${TRAIN_ARGS:-})
   window=100,300; target=1.47
   if [ $smoke = 1 ]; then
-    targs=("${tiny[@]}" --block_size=32 --batch_size=4 --max_iters=20 --lr_decay_iters=20 --eval_interval=10
+    ITERS=20
+    targs=("${tiny[@]}" --block_size=32 --batch_size=4 --max_iters=$ITERS --lr_decay_iters=$ITERS --eval_interval=10
            --eval_iters=2 --log_interval=1 --warmup_iters=2)
     window=0,20; target=4.0; STAGGER=60
   fi
@@ -133,7 +134,7 @@ if [ $quality = 1 ]; then
     for m in "${models[@]}"; do
       while [ $((SECONDS - t0)) -lt $STAGGER ] \
             && ! grep -qE "^iter 0:|^error|Traceback" "logs/${m}_s${seeds[0]}.log" 2>/dev/null \
-            && ! grep -q "^${m}_s${seeds[0]}	" status.tsv; do sleep 2; done
+            && ! grep -q "^${m}_s${seeds[0]}"$'\t' status.tsv; do sleep 2; done
     done
     echo "[hybrid] other seeds start at ${SECONDS}s"
     for s in "${seeds[@]:1}"; do for m in "${models[@]}"; do launch "$m" "$s"; done; done
@@ -160,7 +161,20 @@ if [ $quality = 1 ]; then
   done
   wait
   cat logs/runs_*.log
-  n_ok=$(ls results/*_quality_*.json 2>/dev/null | wc -l)
+  # every run's exit code, seconds and time limit, and the log tail of those that did not end cleanly
+  $PY - "results/${day}_${name}_quality_status.json" "$ITERS" <<'EOF'
+import json, sys
+runs = {}
+for line in open("status.tsv"):
+    rid, rc, secs, limit = line.rstrip("\n").split("\t")
+    tail = [] if rc == "0" else open(f"logs/{rid}.log", errors="replace").read().splitlines()[-30:]
+    runs[rid] = dict(rc=rc, seconds=int(secs), limit_s=int(limit), log_tail=tail,
+                     outcome={"0": "ok", "124": "stopped by SIGTERM at the deadline (train.py saved; end reason "
+                              "'signal')", "skipped": "not started: no time left"}.get(rc, f"exit code {rc}"))
+json.dump(dict(what="quality_status", iters=int(sys.argv[2]), runs=runs), open(sys.argv[1], "w"), indent=1)
+EOF
+  n_ok=0
+  for m in "${models[@]}"; do [ -f "results/${day}_${name}_quality_$m.json" ] && n_ok=$((n_ok + 1)); done
   [ "$n_ok" = ${#models[@]} ] || { echo "[hybrid] $n_ok of ${#models[@]} models summarised" >&2; exit 1; }
   exit 0
 fi

@@ -120,3 +120,24 @@ def test_device_gates_smoke(tmp_path):
     evals = [r["val_loss"] for r in lines if r["run"] == "gf_mh_8m_s0" and r["kind"] == "eval"]
     assert q["summary"]["runs"] == 1 and q["raw"][0]["best_val"] == min(evals)
     assert sum(f.endswith(".png") for f in files) >= 2
+    st = json.load(open(glob.glob(str(out / "*_quality_status.json"))[0]))
+    assert st["iters"] == 20 and {k: v["rc"] for k, v in st["runs"].items()} == {"gf_mh_8m_s0": "0", "gpt_8m_s0": "0"}
+
+
+def test_device_quality_failed_run_is_reported(tmp_path):
+    """A run that dies (here: a stand-in for a compile error) is reported, not lost: its exit code and log tail come
+    back in the status file (the only way to see why on a box that returns no logs), and the command exits 1.
+    (Each run is its own process: the others carry on, as test_device_gates_smoke's runs show.)"""
+    fake = tmp_path / "py"
+    fake.write_text(f'#!/bin/bash\nif [[ "$*" == *train.py*gpt_8m* ]]; then echo "error: simulated" >&2; exit 2; fi\n'
+                    f'exec {PY} "$@"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    p = run_script(["scripts/device_hybrid.sh", "--smoke", "--quality", "0", "gpt_8m", str(corpus(tmp_path)),
+                    str(out)], env=dict(PYTHON=str(fake)))
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
+    flat_results(out)
+    st = json.load(open(glob.glob(str(out / "*_quality_status.json"))[0]))["runs"]
+    assert st["gpt_8m_s0"]["rc"] == "2" and st["gpt_8m_s0"]["log_tail"] == ["error: simulated"]
+    assert not glob.glob(str(out / "*_quality_gpt_8m.json"))
+    assert "0 of 1 models summarised" in p.stderr
