@@ -244,8 +244,9 @@ ckpt = None  # free memory
 if (carry_state or eval_carry_state) and not hasattr(raw_model, "init_state"):
     fail(f"carry_state/eval_carry_state need a stateful family (with init_state); model_type={model_type!r} has none")
 fused_skip = getattr(optimizer, "defaults", {}).get("fused", False) and not scaler.is_enabled()
-if compile_mode == "auto":  # CUDA graphs remove the per-kernel launch cost that bounds small models (measured:
-    # 1.8M -> 2.5M tok/s for shakespeare_char on an H100); they are not used with DDP, whose hooks run outside them
+if compile_mode == "auto":  # CUDA graphs remove the per-kernel launch cost that bounds small models (an exploratory
+    # H100 run of shakespeare_char: 1.4-1.8M tok/s with mode=default, 2.5M with CUDA graphs; results/ has the latter)
+    # they are not used with DDP, whose hooks run outside them
     compile_mode = "reduce-overhead" if device_type == "cuda" and not ddp else "default"
 model = torch.compile(raw_model, mode=compile_mode) if compile else raw_model
 if ddp:
