@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba2 import Mamba2Mixer, describe_backend, resolve_backend
-from model import COMMON_CONFIG, RMSNorm, make_adamw, sample_next
+from model import COMMON_CONFIG, RMSNorm, make_adamw, mlp_activation, sample_next
 from wkv6 import wkv6  # re-exported: hybrid.wkv6 is the operator the time-mix calls
 
 HYBRID_CONFIG = dict(
@@ -215,13 +215,7 @@ class MLP(nn.Module):
             nn.init.zeros_(self.proj.weight)
 
     def forward(self, x, state=None):
-        h = self.fc(x)
-        if self.kind == "gelu":
-            h = F.gelu(h)
-        else:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        return self.proj(h), {}
+        return self.proj(mlp_activation(self.fc(x), self.kind)), {}
 
 
 # -------------------------------------------------------------------------------------------------- fusion

@@ -138,6 +138,14 @@ def make_adamw(groups, learning_rate, betas, device_type):
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
 
+def mlp_activation(h, kind):
+    """The MLP nonlinearity shared by every family: gelu, or swiglu on h = [gate, up] (h twice as wide)."""
+    if kind == "gelu":
+        return F.gelu(h)
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps=1e-5, affine=True):
         super().__init__()
@@ -238,13 +246,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(a["dropout"])
 
     def forward(self, x):
-        h = self.c_fc(x)
-        if self.kind == "gelu":
-            h = F.gelu(h)
-        else:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        return self.dropout(self.c_proj(h))
+        return self.dropout(self.c_proj(mlp_activation(self.c_fc(x), self.kind)))
 
 
 class Block(nn.Module):

@@ -157,6 +157,7 @@ def to_device_tokens(arr):
 
 dev_tokens = {s: to_device_tokens(splits[s]) for s in splits}
 dev_labels = {s: to_device_tokens(labels[s]) for s in labels}
+window_arange = torch.arange(block_size, device=device)  # made once: windows() runs every micro-step
 
 
 def windows(split, offsets):
@@ -166,7 +167,7 @@ def windows(split, offsets):
         if device_type == "cuda":
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x.to(device), y.to(device)
-    idx = offsets.to(device, non_blocking=True)[:, None] + torch.arange(block_size, device=device)
+    idx = offsets.to(device, non_blocking=True)[:, None] + window_arange
     x = dev_tokens[split][idx].long()
     if records:
         y = dev_labels[split][idx].long()
