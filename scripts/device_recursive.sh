@@ -104,4 +104,6 @@ FMT+='"budget_s": %s, "wall_s": %s}}'
 EXTRA=$(printf "$FMT" $([ $SMOKE = 1 ] && echo true || echo false) "$SEEDS" $CLUES "$DS" $SUD_ITERS $LM_ITERS $BUDGET \
     $(( $(date +%s) - T0 )))
 $PY scripts/recursive_eval.py summarize "$OUT" --device=$DEVICE --extra="$EXTRA" | tee "$OUT/summary.txt"
+# the device tool brings back 8 files at most: the per-run folders and logs travel as one archive
+(cd "$OUT" && dirs=$(ls -d */ 2>/dev/null) && [ -n "$dirs" ] && tar czf runs.tar.gz $dirs && rm -rf $dirs)
 stamp "wrote $OUT/results.json"
