@@ -43,10 +43,16 @@ def git_info():
         except (OSError, subprocess.TimeoutExpired):
             return ""
     sha = run("git", "rev-parse", "HEAD")
+    launcher = os.environ.get("LAB_GIT_SHA")
     if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
-        return {"sha": sha, "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
+        info = {"sha": sha, "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
+        # a copied tree may carry a stale .git (the GPU box's copy once had the session's first commit while the
+        # files were a later one, so it read "dirty"): keep what the launcher says beside what git says
+        if launcher and not sha.startswith(launcher):
+            info["launcher_sha"] = launcher
+        return info
     # no repository here (a GPU box gets a copy of the tree without .git): the launcher states the commit
-    sha = os.environ.get("LAB_GIT_SHA")
+    sha = launcher
     return {"sha": sha, "dirty": os.environ.get("LAB_GIT_DIRTY") == "1" if sha else None,
             "source": "LAB_GIT_SHA (set by the launcher; no .git on this machine)" if sha else "unknown: no .git"}
 

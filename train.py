@@ -291,12 +291,17 @@ def get_lr(it):
 @torch.no_grad()
 def evaluate():
     """Mean cross-entropy over the run's fixed eval windows (split across ranks, summed exactly, all-reduced).
-    With ema > 0 the EMA weights are evaluated: they are what the checkpoint's "ema" holds."""
+    With ema > 0 the EMA weights are evaluated: they are what the checkpoint's "ema" holds.
+    Runs the plain module, not the compiled one: the number logged and saved as the checkpoint's val_loss is then
+    what anyone gets from those weights (gates.py's Reeval, sample.py). On the H100 (2026-11-23) this eval, then
+    run compiled (inductor + CUDA graphs, bf16), logged val losses 0.02-0.6% above gates.py's eager re-evaluation
+    of the saved weights (results/2026-11-23_gates.json, Reeval FAIL in 3 of 6 runs); the cause is not isolated,
+    and the compiled path was the one difference we could name. Eval is a few batches: eager costs little."""
     if ema_params is not None:
         live = [p.detach().clone() for p in raw_model.parameters()]
         for p, e in zip(raw_model.parameters(), ema_params):
             p.copy_(e)
-    compiled.eval()
+    raw_model.eval()
     out = {}
     for split in ("train", "val"):
         mine = eval_windows[split][rank::world]
@@ -308,9 +313,9 @@ def evaluate():
                 if eval_carry_state:  # rows are contiguous tracks: window i continues window i - 1's state
                     if state is None:
                         state = raw_model.init_state(len(x), device)
-                    logits, _, state = compiled(x, state=state, return_state=True)
+                    logits, _, state = raw_model(x, state=state, return_state=True)
                 else:
-                    logits, _ = compiled(x)
+                    logits, _ = raw_model(x)
             total[0] += F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1,
                                         reduction="sum").double()
             total[1] += (y != -1).sum()
@@ -318,7 +323,7 @@ def evaluate():
             dist.all_reduce(total)
         out[split] = (total[0] / total[1]).item()
         out[split + "_tokens"] = int(total[1].item())
-    compiled.train()
+    raw_model.train()
     if ema_params is not None:
         for p, l in zip(raw_model.parameters(), live):
             p.copy_(l)
@@ -394,7 +399,6 @@ def record(kind, **fields):
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------------
-compiled = model.module if ddp else model   # the (compiled) model without the DDP wrapper, for eval
 params = [p for p in raw_model.parameters() if p.requires_grad]
 states = [None] * gradient_accumulation_steps  # carry_state: per micro-step states (not checkpointed: a resume
 # restarts them at zero, so resume is exact only at a track restart)

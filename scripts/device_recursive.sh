@@ -13,6 +13,7 @@
 #   bash scripts/device_recursive.sh            # GPU; writes $OUT/results.json (+ per-run metrics, evals, logs)
 #   bash scripts/device_recursive.sh --smoke    # CPU, tiny everything, < 30 s on a free 2-core machine
 # Environment: OUT (results; default out-recursive-results), PYTHON, DATA_DIR (default data), SEEDS ("0 1 2"),
+# LM_SEEDS (seeds of the trm_8m / gpt_8m pair; default SEEDS: 6 LM runs beside the 9 Sudoku runs),
 # CLUES (50), SUD_ITERS (1200), LM_ITERS (2500), BUDGET (seconds per training run, 400),
 # SHAKESPEARE_TXT (tinyshakespeare input.txt when data/shakespeare_char is not prepared; no network needed),
 # EXTRA_ARGS (appended to every train.py command), DEVICE (cuda; for a CPU dry run of the full-size branch).
@@ -31,7 +32,7 @@ mkdir -p "$WORK" "$OUT"
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 
 if [ $SMOKE = 1 ]; then
-    DEVICE=cpu; SEEDS=${SEEDS:-0}; CLUES=60; NTRAIN=6; NAUG=2; NVAL=4; NTEST=6; WORKERS=1
+    DEVICE=cpu; SEEDS=${SEEDS-0}; CLUES=60; NTRAIN=6; NAUG=2; NVAL=4; NTEST=6; WORKERS=1
     SUD_ITERS=3; LM_ITERS=3; BUDGET=120; DEPTHS=1,2
     SYS="--device=cpu --dtype=float32 --compile=False --plot=False --log_interval=1 --eval_iters=1"
     SUD_X="$SYS --n_embd=32 --n_head=2 --batch_size=4 --rec_n=1 --halt_max_steps=2 --eval_interval=3"
@@ -39,7 +40,7 @@ if [ $SMOKE = 1 ]; then
     [ -f "$DATA/stdlib_char/meta.json" ] || $PY prepare.py --data_dir="$DATA" --max_bytes=100000 > "$WORK/prepare.log"
     LM_DEPTHS=1,2
 else
-    DEVICE=${DEVICE:-cuda}; SEEDS=${SEEDS:-"0 1 2"}; CLUES=${CLUES:-50}; NTRAIN=${NTRAIN:-2000}; NAUG=${NAUG:-32}
+    DEVICE=${DEVICE:-cuda}; SEEDS=${SEEDS-"0 1 2"}; CLUES=${CLUES:-50}; NTRAIN=${NTRAIN:-2000}; NAUG=${NAUG:-32}
     NVAL=256; NTEST=${NTEST:-1000}; WORKERS=$(nproc)
     SUD_ITERS=${SUD_ITERS:-1200}; LM_ITERS=${LM_ITERS:-2500}; BUDGET=${BUDGET:-400}; DEPTHS=1,2,4,8,16
     SUD_X=""
@@ -58,7 +59,7 @@ fi
 
 # ---- Sudoku data (a pure function of the arguments: reused when already there)
 DS=sudoku${CLUES}_${NTRAIN}x${NAUG}
-if [ ! -f "$DATA/$DS/meta.json" ]; then
+if [ -n "$SEEDS" ] && [ ! -f "$DATA/$DS/meta.json" ]; then
     stamp "generating $DS"
     $PY puzzles.py --task=sudoku --clues=$CLUES --n_train=$NTRAIN --n_aug=$NAUG --n_val=$NVAL --n_test=$NTEST \
         --seed=0 --workers=$WORKERS --data_dir="$DATA" --dataset=$DS
@@ -70,6 +71,7 @@ train() {  # name, args...
     ( set +e; timeout -s TERM -k 60 $BUDGET $PY train.py "$@" ${EXTRA_ARGS:-} --data_dir="$DATA" \
         --out_dir="$WORK/$name" > "$WORK/$name.log" 2>&1; echo $? > "$WORK/$name.rc" ) &
 }
+LM_SEEDS=${LM_SEEDS-$SEEDS}  # the LM pair's seeds (default: SEEDS); SEEDS="" LM_SEEDS="1 2" runs only LM seeds
 SUD="--dataset=$DS --max_iters=$SUD_ITERS --lr_decay_iters=$SUD_ITERS"
 for s in $SEEDS; do
     train sudoku-trm-s$s config/sudoku_trm.py $SUD --seed=$s $SUD_X
@@ -79,8 +81,10 @@ for s in $SEEDS; do
 done
 if [ "$LM_ITERS" != 0 ]; then
     LM="--max_iters=$LM_ITERS --lr_decay_iters=$LM_ITERS"
-    train lm-gpt config/gpt_8m.py $LM $LM_X
-    train lm-trm config/trm_8m.py $LM $LM_X
+    for s in $LM_SEEDS; do
+        train lm-gpt-s$s config/gpt_8m.py $LM $LM_X --seed=$s
+        train lm-trm-s$s config/trm_8m.py $LM $LM_X --seed=$s
+    done
 fi
 stamp "training started ($(jobs -p | wc -l) runs, budget ${BUDGET}s each)"
 wait
@@ -99,9 +103,9 @@ for d in "$WORK"/*/; do
 done
 mkdir -p "$OUT/logs"
 cp "$WORK"/*.log "$WORK"/*.rc "$OUT/logs/" 2>/dev/null || true
-FMT='{"script": {"smoke": %s, "seeds": "%s", "clues": %s, "dataset": "%s", "sudoku_iters": %s, "lm_iters": %s, '
+FMT='{"script": {"smoke": %s, "seeds": "%s", "lm_seeds": "%s", "clues": %s, "dataset": "%s", "sudoku_iters": %s, "lm_iters": %s, '
 FMT+='"budget_s": %s, "wall_s": %s}}'
-EXTRA=$(printf "$FMT" $([ $SMOKE = 1 ] && echo true || echo false) "$SEEDS" $CLUES "$DS" $SUD_ITERS $LM_ITERS $BUDGET \
+EXTRA=$(printf "$FMT" $([ $SMOKE = 1 ] && echo true || echo false) "$SEEDS" "$LM_SEEDS" $CLUES "$DS" $SUD_ITERS $LM_ITERS $BUDGET \
     $(( $(date +%s) - T0 )))
 $PY scripts/recursive_eval.py summarize "$OUT" --device=$DEVICE --extra="$EXTRA" | tee "$OUT/summary.txt"
 # the device tool brings back 8 files at most: the per-run folders and logs travel as one archive

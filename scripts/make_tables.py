@@ -95,11 +95,97 @@ def load_results(results_dir, skipped=None):
         if fn.endswith(".json"):
             with open(os.path.join(results_dir, fn)) as f:
                 doc = json.load(f)
-            if isinstance(doc, dict) and "schema" in doc and "what" in doc:
+            if isinstance(doc, dict) and "what" in doc and ("schema" in doc or doc["what"] == "gates"):
                 docs.append((f"results/{fn}", doc))
             elif skipped is not None:
                 skipped.append(fn)
     return docs
+
+
+def git_of(doc):
+    """bench.py files carry "git"; a gates file has it in each run's provenance."""
+    if doc.get("git"):
+        return doc["git"]
+    runs = list((doc.get("runs") or {}).values())
+    return (runs[0].get("provenance") or {}).get("git", {}) if runs else {}
+
+
+def gates_section(results_dir, gates):
+    """gates.py --summarize's tables as they came back (one results column added), the non-PASS rows of every run,
+    and the report PNGs that came back beside the file."""
+    chunks = []
+    for rel, d in gates:
+        md = [line.rstrip() for line in d.get("summary_markdown", "").splitlines() if line.startswith("|")]
+        for i, line in enumerate(md):
+            if _is_separator(line):
+                md[i] = line + "---|"
+            elif i + 1 < len(md) and _is_separator(md[i + 1]):
+                md[i] = line + " results |"
+            else:
+                md[i] = line + f" {link(rel)} |"
+        out = "\n".join(md).replace("|\n| number", "|\n\n| number")  # the two tables, apart
+        bad = [[rid, r["gate"], r["status"], cell(r["value"]), cell(r["threshold"]), link(rel)]
+               for rid, run in sorted(d["runs"].items()) for r in run["rows"] if r["status"] in ("FAIL", "WARN")]
+        pngs = sorted(f for f in os.listdir(results_dir)
+                      if f.startswith(os.path.basename(rel)[:-5] + "_") and f.endswith(".png"))
+        chunks.append(f"Seeds {', '.join(map(str, d['seeds']))}; `{d['command']}`. Status counts per gate over the "
+                      "runs, then headline numbers (mean ± std over the runs):\n\n" + out +
+                      "\n\nEvery WARN and FAIL, per run (value and threshold as gates.py printed them):\n\n" +
+                      table(["run", "gate", "status", "value", "threshold", "results"], bad) +
+                      "".join(f"\n\n![{f}](results/{f})" for f in pngs))
+    return "### Validation gates (gates.py on trained checkpoints)\n\n" + "\n\n".join(chunks)
+
+
+def recursive_section(docs):
+    chunks = []
+    v3 = lambda x: fixed(x, 3)  # noqa: E731
+    v4 = lambda x: fixed(x, 4)  # noqa: E731
+    for rel, d in docs:
+        runs = d.get("sudoku_runs", {})
+        rows = []
+        for model, m in sorted(d.get("sudoku", {}).items()):
+            mine = [r for n, r in sorted(runs.items()) if n.rsplit("-s", 1)[0] == f"sudoku-{model}"]
+            ends = [r["end"] or {} for r in mine]
+            rows.append([model, sig(mine[0]["num_params"]) if mine else "–", m["exact"]["n"],
+                         mean_std_range(m["exact"], v3), mean_std_range(m["cell_acc"], v3),
+                         mean_std_range(m["best_over_depths"], v3),
+                         ", ".join(sig(e.get("tokens")) for e in ends),
+                         ", ".join(fixed(e.get("train_time_s"), 1) for e in ends),
+                         ", ".join(sorted({str(e.get("reason")) for e in ends})), link(rel)])
+        if rows:
+            chunks.append("Sudoku 9×9, held-out test puzzles: exact-solve rate and cell accuracy at the depth each model "
+                          "was trained at (mean ± std (min–max) over seeds), and the best exact rate over test-time "
+                          "depths; tokens, train time and end reason per seed.\n\n" +
+                          table(["model", "params", "seeds", "exact solve", "cell accuracy", "best exact over depths",
+                                 "tokens", "train time (s)", "ended by", "results"], rows))
+            depths = sorted({k for r in runs.values() for k in (r.get("depth_eval") or {}).get("results", {})},
+                            key=lambda k: (k != "fixed", int(k) if k.isdigit() else 0))
+            per = [[n] + [v3(((r.get("depth_eval") or {}).get("results", {}).get(k) or {}).get("exact"))
+                          for k in depths] + [link(rel)] for n, r in sorted(runs.items())]
+            chunks.append("Exact-solve rate per seed against test-time depth (recursion steps):\n\n" +
+                          table(["run"] + [f"depth {k}" for k in depths] + ["results"], per))
+        verdict = d.get("recursion_beats_no_recursion") or {}
+        if verdict:
+            chunks.append(table(["rule", "held", "recursive", "no recursion", "results"],
+                                [[v["rule"], v["held"], ", ".join(v3(x) for x in v["trm"]),
+                                  ", ".join(v3(x) for x in v["norec"]), link(rel)] for v in verdict.values()]))
+        lm = d.get("lm", {})
+        if lm:
+            rows = [[model, ", ".join(map(str, m["seeds"])), mean_std_range(m["best_val"], v4),
+                     ", ".join(sig(t) for t in m["tokens"]), ", ".join(m["end_reasons"]), link(rel)]
+                    for model, m in sorted(lm.items())]
+            chunks.append(f"tiny-shakespeare char, `config/trm_8m.py` beside `config/gpt_8m.py` at equal tokens: best "
+                          f"val loss of the run's evals (mean ± std (min–max) over seeds; a run named without a seed "
+                          f"used train.py's default seed {d.get('default_seed')}).\n\n" +
+                          table(["model", "seeds", "best val loss", "tokens", "ended by", "results"], rows))
+            depths = sorted({k for m in lm.values() for k in m["depth_curve"]},
+                            key=lambda k: (k != "fixed", int(k) if k.isdigit() else 0))
+            curve = [[k] + [mean_std_range(m["depth_curve"].get(k), v4) for _, m in sorted(lm.items())] + [link(rel)]
+                     for k in depths]
+            chunks.append("Val loss against test-time depth (400 fixed val windows, seed 1337; \"fixed\" = a model "
+                          "without recursion), mean ± std (min–max) over seeds:\n\n" +
+                          table(["depth"] + sorted(lm) + ["results"], curve))
+    return "### Recursive model (scripts/device_recursive.sh)\n\n" + "\n\n".join(chunks)
 
 
 def table(header, rows):
@@ -177,9 +263,15 @@ def render(results_dir):
                                 [[sig(r[k]) if isinstance(r[k], (int, float)) else cell(r[k]) for k in keys] +
                                  [d["summary"]["device_name"], link(rel)] for r in rows]))
         parts.append("### Kernels (bench.py --what=kernel)\n\n" + "\n\n".join(chunks))
+    gates = by("gates")
+    if gates:
+        parts.append(gates_section(results_dir, gates))
+    rec = by("recursive")
+    if rec:
+        parts.append(recursive_section(rec))
     if docs:
-        parts.append("### Commands\n\n" + "\n".join(f"- {link(rel)}: `{d['command']}` (git {str(d['git'].get('sha'))[:10]}"
-                                                  f"{', dirty tree' if d['git'].get('dirty') else ''})"
+        parts.append("### Commands\n\n" + "\n".join(f"- {link(rel)}: `{d['command']}` (git {str(git_of(d).get('sha'))[:10]}"
+                                                  f"{', dirty tree' if git_of(d).get('dirty') else ''})"
                                                   for rel, d in docs))
     else:
         parts.append("No results yet.")
@@ -215,7 +307,8 @@ def json_numbers(x, out):
     elif isinstance(x, str):
         out.extend(float(m.replace(",", "")) for m in NUM_RE.findall(x))
     elif isinstance(x, dict):
-        for v in x.values():
+        for k, v in x.items():  # keys too: a depth or a context length is often a key ({"6": 1.478})
+            json_numbers(k, out)
             json_numbers(v, out)
     elif isinstance(x, list):
         for v in x:
@@ -285,8 +378,9 @@ def main(argv):
     load_results(results_dir, skipped)
     print(f"rewrote the results section of {readme} from {results_dir}")
     for fn in skipped:
-        print(f"skipped results/{fn}: not bench.py's results format (a wkv6_bench.json converts with "
-              f"python bench.py --what=kernel --from=results/{fn} --name=...)")
+        hint = (f" (convert with python bench.py --what=kernel --from=results/{fn} --name=...)"
+                if fn.startswith("wkv6_bench") else "")
+        print(f"not a table source (raw output or a measurement that did not finish): results/{fn}{hint}")
     return 0
 
 

@@ -9,6 +9,7 @@ Depth = model.set_depth(n) repetitions; a model without set_depth (a plain GPT) 
 Weights: the EMA weights when the checkpoint has them (what train.py evaluated), else the live ones.
 Prints one JSON object; --out also writes it.
     python scripts/recursive_eval.py all WORK_ROOT --data_dir=data   # every run dir (sudoku-*, lm-*) -> <run>/eval.json
+    python scripts/recursive_eval.py merge results/DATE_recursive_h100.json A/results.json B/results.json  # pool runs
     python scripts/recursive_eval.py summarize OUT_ROOT    # every run under OUT_ROOT -> OUT_ROOT/results.json
 """
 import argparse
@@ -171,6 +172,44 @@ def summarize(root, device, extra=None):
     return out
 
 
+def merge(out_path, sources, default_seed, argv):
+    """One results file (bench.py's layout: schema, what, command, git, device_name) from several device runs'
+    results.json: Sudoku from the run that has it, the trm_8m / gpt_8m LM pair pooled over every run and seed.
+    Runs named lm-<model>-s<seed> carry their seed; an unsuffixed lm-<model> ran with train.py's default seed."""
+    docs = [(p, json.load(open(p))) for p in sources]
+    devices = sorted({d["provenance"]["device_name"] for _, d in docs})
+    if len(devices) != 1:
+        raise SystemExit(f"error: the sources ran on different devices {devices}; merge only one device's runs")
+    with_sudoku = [(p, d) for p, d in docs if d.get("sudoku")]
+    if len(with_sudoku) > 1:
+        raise SystemExit("error: more than one source has Sudoku results; merge at most one")
+    lm = {}
+    for p, d in docs:
+        for name, r in d["lm"].items():
+            model, _, seed = name[len("lm-"):].partition("-s")
+            lm.setdefault(model, []).append(dict(r, run=name, seed=int(seed) if seed else default_seed, source=p))
+    pooled = {}
+    for model, rs in sorted(lm.items()):
+        rs.sort(key=lambda r: r["seed"])
+        depths = sorted({k for r in rs for k in (r["depth_curve"] or {})}, key=lambda k: (k != "fixed", int(k) if k.isdigit() else 0))
+        pooled[model] = dict(runs=rs, seeds=[r["seed"] for r in rs], best_val=_spread([r["best_val"] for r in rs]),
+                             tokens=sorted({r["tokens"] for r in rs}), end_reasons=sorted({r["end_reason"] for r in rs}),
+                             depth_curve={k: _spread([(r["depth_curve"] or {}).get(k) for r in rs]) for k in depths})
+    first = docs[0][1]["provenance"]
+    out = dict(schema=1, what="recursive", name=os.path.basename(out_path)[11:-5] if os.path.basename(out_path)[:4].isdigit() else os.path.basename(out_path)[:-5],
+               command="python scripts/recursive_eval.py merge " + " ".join(argv), device_name=devices[0],
+               git=first["git"], versions=first["versions"],
+               sources=[dict(path=p, provenance=d["provenance"], script=d.get("script")) for p, d in docs],
+               sudoku=with_sudoku[0][1]["sudoku"] if with_sudoku else {},
+               sudoku_runs={n: r for n, r in with_sudoku[0][1]["runs"].items() if n.startswith("sudoku-")} if with_sudoku else {},
+               recursion_beats_no_recursion=with_sudoku[0][1]["recursion_beats_no_recursion"] if with_sudoku else None,
+               lm=pooled, default_seed=default_seed)
+    with open(out_path, "w") as f:
+        json.dump(out, f, indent=1, default=str)
+        f.write("\n")
+    return out
+
+
 def eval_ckpt(ckpt, mode, data_dir="data", split="test", depths=(), device="cpu", weights="auto", limit=0,
               n_windows=400):
     """The JSON-able record for one checkpoint: its training facts and {depth: metrics}."""
@@ -203,6 +242,15 @@ def main(argv=None):
         print(json.dumps(dict(sudoku_test_mean_min_max=sudoku,
                               recursion_beats_no_recursion=out["recursion_beats_no_recursion"], lm=out["lm"]),
                          indent=1, default=str))
+        return
+    if argv[:1] == ["merge"]:
+        ap = argparse.ArgumentParser(description="pool device runs' results.json into one results file")
+        ap.add_argument("out")
+        ap.add_argument("sources", nargs="+")
+        ap.add_argument("--default_seed", type=int, default=1337, help="seed of runs named without -s<seed>")
+        a = ap.parse_args(argv[1:])
+        out = merge(a.out, a.sources, a.default_seed, argv[1:])
+        print(json.dumps({m: dict(seeds=d["seeds"], best_val=d["best_val"]) for m, d in out["lm"].items()}, indent=1))
         return
     if argv[:1] == ["all"]:  # every run dir under root: sudoku-* as puzzles, lm-* as LM; writes <run>/eval.json
         ap = argparse.ArgumentParser(description="evaluate every run under a folder (one process)")

@@ -328,3 +328,16 @@ def test_kernel_mode_converts_an_earlier_measurement(tmp_path):
     assert doc["summary"]["rows"][0]["shape"] == "1x16384x4x64" and doc["summary"]["rows"][0]["error"] == "OOM"
     with pytest.raises(bench.BenchError, match="not wkv6_triton.bench output"):  # a results file is not a source
         bench.main(["--what=kernel", f"--from={next(tmp_path.glob('*_k.json'))}", f"--out={tmp_path}"])
+
+
+def test_git_info_keeps_the_launchers_sha(monkeypatch, tmp_path):
+    """A copied tree can carry a stale .git (a GPU box once read the session's first commit, 'dirty', while its
+    files were a later commit): the sha the launcher states is recorded beside git's; without .git it is the sha."""
+    import metrics
+    monkeypatch.setenv("LAB_GIT_SHA", "0123abc")
+    info = metrics.git_info()
+    assert len(info["sha"]) == 40 and info["launcher_sha"] == "0123abc"
+    monkeypatch.setattr(metrics, "ROOT", str(tmp_path))  # no repository here
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    info = metrics.git_info()
+    assert info["sha"] == "0123abc" and "LAB_GIT_SHA" in info["source"]

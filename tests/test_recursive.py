@@ -2,6 +2,7 @@
 flow, deep supervision, ACT halting, stable-max, test-time depth, honest FLOPs, and train.py resume with EMA."""
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import model as M
-from conftest import TINY, run_py
+from conftest import ROOT, TINY, run_py
 from metrics import read_metrics
 # the protocol checks every family passes, run here on recursive model_args (collected with this file's fixture)
 from test_interface import (test_causal, test_counts, test_forward_shapes_and_loss,  # noqa: F401
@@ -276,3 +277,40 @@ def test_train_resume_exact_with_ema_and_act(tmp_path):
     ca, cb = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("a", "b"))
     assert all(torch.equal(ca["ema"][k], cb["ema"][k]) for k in ca["ema"])
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+
+
+def test_device_recursive_lm_seeds_and_merge(tmp_path):
+    """scripts/device_recursive.sh --smoke with only the LM pair (SEEDS="" LM_SEEDS="1"): the runs are named by seed
+    and the per-run folders come back as one archive; recursive_eval.py merge pools two such results files (a run
+    named without a seed gets --default_seed) and refuses runs from different devices."""
+    import json
+    import subprocess
+    import tarfile
+    out, data = tmp_path / "out", tmp_path / "data"
+    env = dict(os.environ, OUT=str(out), WORK=str(tmp_path / "work"), DATA_DIR=str(data), SEEDS="", LM_SEEDS="1",
+               PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    p = subprocess.run(["bash", "scripts/device_recursive.sh", "--smoke"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(res["lm"]) == ["lm-gpt-s1", "lm-trm-s1"] and res["sudoku"] == {}
+    assert res["script"]["lm_seeds"] == "1" and res["script"]["seeds"] == ""
+    assert all(r["end_reason"] == "max_iters" and r["best_val"] is not None for r in res["lm"].values())
+    assert sorted(os.listdir(out)) == ["results.json", "runs.tar.gz", "summary.txt"]
+    with tarfile.open(out / "runs.tar.gz") as t:
+        assert "lm-trm-s1/eval.json" in t.getnames()
+    # a second "device run" whose LM runs carry no seed suffix (the first command's naming)
+    other = dict(res, lm={k.rsplit("-s", 1)[0]: v for k, v in res["lm"].items()})
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    merged = tmp_path / "2026-01-01_recursive_test.json"
+    run_py(["scripts/recursive_eval.py", "merge", str(merged), str(out / "results.json"), str(tmp_path / "b.json"),
+            "--default_seed=7"])
+    m = json.loads(merged.read_text())
+    assert m["what"] == "recursive" and m["name"] == "recursive_test" and "merge" in m["command"]
+    assert m["lm"]["gpt"]["seeds"] == [1, 7] and m["lm"]["trm"]["best_val"]["n"] == 2
+    assert set(m["lm"]["trm"]["depth_curve"]) == {"1", "2"} and m["lm"]["gpt"]["depth_curve"]["fixed"]["n"] == 2
+    other["provenance"] = dict(other["provenance"], device_name="another GPU")
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    bad = run_py(["scripts/recursive_eval.py", "merge", str(tmp_path / "x.json"), str(out / "results.json"),
+                  str(tmp_path / "c.json")], check=False)
+    assert bad.returncode != 0 and "different devices" in bad.stderr and not (tmp_path / "x.json").exists()
