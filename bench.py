@@ -39,6 +39,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -466,20 +467,39 @@ def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed):
     return reps, row
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Stopped()
+
+
 def run_generate(opts, labels, cfgs, datas):
+    """Every (ctx, batch, config) in turn. SIGTERM (a device script's time limit) ends the measurement in flight
+    (discarded) and the finished ones are still written, with summary["stopped"] saying how many of how many: a
+    slow last case must not lose the whole file, as happened on the H100 (results/2026-11-23_hybrid_generate.json)."""
     seeds = int_list(opts["seeds"], "seeds")
     raw, rows = {label: [] for label in labels}, []
-    for ctx_len in int_list(opts["ctx"], "ctx"):
-        for B in int_list(opts["gen_batch"], "gen_batch"):
-            for label, cfg in zip(labels, cfgs):
-                print(f"[bench] {label}: generate ctx={ctx_len} batch={B} tokens={opts['gen_tokens']}", flush=True)
-                reps, row = measure_generate(cfg, datas[cfg["dataset"]], ctx_len, B, opts["gen_tokens"],
-                                             opts["gen_repeats"], seeds[0])
-                raw[label].append(dict(ctx=ctx_len, batch=B, repeats=reps))
-                rows.append(dict(config=label, **row))
-                print(f"[bench]   prefill {row['prefill_tok_s'] or 0:,.0f} tok/s, decode {row['decode_tok_s'] or 0:,.0f}"
-                      f" tok/s, generate end-to-end {row['generate_tok_s']:,.0f} tok/s", flush=True)
-    return raw, dict(rows=rows), seeds[:1]
+    cases = [(c, b, label, cfg) for c in int_list(opts["ctx"], "ctx") for b in int_list(opts["gen_batch"], "gen_batch")
+             for label, cfg in zip(labels, cfgs)]
+    summary = dict(rows=rows)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for ctx_len, B, label, cfg in cases:
+            print(f"[bench] {label}: generate ctx={ctx_len} batch={B} tokens={opts['gen_tokens']}", flush=True)
+            reps, row = measure_generate(cfg, datas[cfg["dataset"]], ctx_len, B, opts["gen_tokens"],
+                                         opts["gen_repeats"], seeds[0])
+            raw[label].append(dict(ctx=ctx_len, batch=B, repeats=reps))
+            rows.append(dict(config=label, **row))
+            print(f"[bench]   prefill {row['prefill_tok_s'] or 0:,.0f} tok/s, decode {row['decode_tok_s'] or 0:,.0f}"
+                  f" tok/s, generate end-to-end {row['generate_tok_s']:,.0f} tok/s", flush=True)
+    except _Stopped:
+        summary["stopped"] = f"SIGTERM after {len(rows)} of {len(cases)} measurements"
+        print(f"[bench] {summary['stopped']}: writing those", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return raw, summary, seeds[:1]
 
 
 # ---- runs -------------------------------------------------------------------------------------------------------

@@ -233,6 +233,28 @@ def test_generate_mode(tiny_data, tmp_path):
                     "--gen_tokens=8", f"--out={tmp_path}"])
 
 
+def test_generate_sigterm_writes_the_finished_measurements(tiny_data, tmp_path, monkeypatch):
+    """A device script's time limit (SIGTERM) during the 2nd of 4 measurements: the 1st is written, the one in
+    flight is dropped, summary["stopped"] says so, and the previous SIGTERM handler is back afterwards."""
+    import os
+    import signal
+    real, calls = bench.measure_generate, []
+
+    def measure(*a, **k):
+        calls.append(a[2:4])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode, inside this call
+        return real(*a, **k)
+    monkeypatch.setattr(bench, "measure_generate", measure)
+    before = signal.getsignal(signal.SIGTERM)
+    path = bench.main(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}", "--what=generate", "--ctx=8,16",
+                       "--gen_tokens=4", "--gen_batch=1,2", "--gen_repeats=1", f"--out={tmp_path}", "--name=gen"])
+    doc = json.load(open(path))
+    assert [(r["ctx"], r["batch"]) for r in doc["summary"]["rows"]] == [(8, 1)]
+    assert doc["summary"]["stopped"] == "SIGTERM after 1 of 4 measurements" and len(calls) == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_kernel_mode_converts_the_kernel_timer_output(tmp_path, monkeypatch):
     """--what=kernel runs wkv6_triton.bench (GPU only) and rewrites its wkv6_bench.json in the results format.
     A stand-in timer writes that file here; without CUDA the mode is a clear error."""
