@@ -77,17 +77,6 @@ def _no_wd(*params):
 
 # ------------------------------------------------------------------------------------------- RWKV-6 time-mix
 
-def _wkv_step(r, k, v, logw, u, state):
-    """One WKV-6 step (wkv6.py's recurrence), fp32 and outside autocast. r,k,v,logw [B,H,N], u [H,N]."""
-    dt = torch.promote_types(r.dtype, torch.float32)
-    with torch.autocast(r.device.type, enabled=False):
-        r, k, v, logw, u = (t.to(dt) for t in (r, k, v, logw, u))
-        state = state.to(dt) if state is not None else r.new_zeros(*r.shape, r.size(-1))
-        kv = k[..., :, None] * v[..., None, :]
-        y = torch.einsum("bhj,bhji->bhi", r, state + u[None, :, :, None] * kv)
-        return y, torch.exp(logw)[..., None] * state + kv
-
-
 class RWKVTimeMix(nn.Module):
     """RWKV-LM RWKV_Tmix_x060, with state in/out. C = n_embd, A = dim_att = H * N."""
 
@@ -144,8 +133,36 @@ class RWKVTimeMix(nn.Module):
         return {"wkv": torch.zeros(batch_size, self.H, self.N, self.N, device=device),
                 "tm_shift": torch.zeros(batch_size, self.C, device=device)}
 
+    def step(self, x, state=None):
+        """One token, x [B,C] -> (out [B,C], state): forward's computation at T = 1, on [B, ...] rows, with the WKV
+        recurrence written out (read r·(S + u k v^T), then S = diag(exp(w)) S + k v^T, in fp32 outside autocast).
+        Decoding is bound by per-op overhead (one token, tiny matrices), so: no chunked path and no kernel dispatch,
+        the five ddlerp mixes as one op on a stacked [5,B,C] tensor, addcmul/matmul instead of einsum."""
+        B, C = x.shape
+        H, N = self.H, self.N
+        xx = state["tm_shift"].to(x.dtype) - x if state is not None else -x          # x_{t-1} - x_t
+        xxx = torch.tanh(torch.addcmul(x, xx, self.time_maa_x) @ self.time_maa_w1)
+        m5 = torch.bmm(xxx.view(B, 5, self.mix_lora).transpose(0, 1), self.time_maa_w2)   # [5,B,C]: w,k,v,r,g
+        maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
+        xw, xk, xv, xr, xg = torch.addcmul(x, xx, maa[:, None] + m5).unbind(0)
+        r = self.receptance(xr)
+        g = F.silu(self.gate(xg))
+        w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        decay = torch.exp(-torch.exp(_up(w))).view(B, H, N, 1)                     # exp(logw), per key row
+        dt = torch.promote_types(r.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            S = state["wkv"].to(dt) if state is not None else x.new_zeros(B, H, N, N, dtype=dt)
+            kv = self.key(xk).to(dt).view(B, H, N, 1) * self.value(xv).to(dt).view(B, H, 1, N)   # k^T v [B,H,N,N]
+            y = r.to(dt).view(B, H, 1, N) @ torch.addcmul(S, self.time_faaaa.to(dt)[:, :, None], kv)
+            S = torch.addcmul(kv, decay.to(dt), S)
+        y = self.ln_x(y.view(B, self.A).to(r.dtype).to(g.dtype))
+        return self.output(y * g), {"wkv": S, "tm_shift": _up(x)}
+
     def forward(self, x, state=None):
         B, T, C = x.shape
+        if T == 1:  # recurrent step (generation, 1-token segments): O(1)
+            out, st = self.step(x[:, 0], state)
+            return out[:, None], st
         H, N = self.H, self.N
         prev = state["tm_shift"].to(x.dtype)[:, None] if state is not None else x.new_zeros(B, 1, C)
         xx = torch.cat([prev, x[:, :-1]], dim=1) - x                      # x_{t-1} - x_t
@@ -164,11 +181,7 @@ class RWKVTimeMix(nn.Module):
         w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         logw = -torch.exp(_up(w)).view(B, T, H, N)                      # log-decay <= 0 (fp32), what wkv6 takes
         s0 = state["wkv"] if state is not None else None
-        if T == 1:  # recurrent step for generation, O(1): read the old state + bonus, then decay and add k v^T
-            y, s1 = _wkv_step(r[:, 0], k[:, 0], v[:, 0], logw[:, 0], self.time_faaaa, s0)
-            y = y[:, None].to(r.dtype)
-        else:
-            y, s1 = wkv6(r, k, v, logw, self.time_faaaa, state=s0, backend=self.backend)
+        y, s1 = wkv6(r, k, v, logw, self.time_faaaa, state=s0, backend=self.backend)
         y = self.ln_x(y.reshape(B * T, self.A).to(g.dtype)).view(B, T, self.A)
         return self.output(y * g), {"wkv": _up(s1), "tm_shift": _up(x[:, -1])}
 
@@ -194,6 +207,13 @@ class ChannelMix(nn.Module):
             nn.init.zeros_(self.receptance.weight)
             nn.init.zeros_(self.value.weight)
 
+    def step(self, x, state=None):
+        """One token, x [B,C] -> (out [B,C], state); forward at T = 1 without the concat/slice of the shift."""
+        xx = state["cm_shift"].to(x.dtype) - x if state is not None else -x
+        k = torch.relu(self.key(torch.addcmul(x, xx, self.time_maa_k))) ** 2
+        out = torch.sigmoid(self.receptance(torch.addcmul(x, xx, self.time_maa_r))) * self.value(k)
+        return out, {"cm_shift": _up(x)}
+
     def forward(self, x, state=None):
         prev = state["cm_shift"].to(x.dtype)[:, None] if state is not None else x.new_zeros(x.size(0), 1, x.size(2))
         xx = torch.cat([prev, x[:, :-1]], dim=1) - x
@@ -216,6 +236,9 @@ class MLP(nn.Module):
 
     def forward(self, x, state=None):
         return self.proj(mlp_activation(self.fc(x), self.kind)), {}
+
+    def step(self, x, state=None):
+        return self.forward(x)
 
 
 # -------------------------------------------------------------------------------------------------- fusion
@@ -271,14 +294,14 @@ class Fusion(nn.Module):
             g = torch.sigmoid(self.gate(torch.cat([a, m], dim=-1)))
             if collect is not None:
                 collect["gate"] = g.squeeze(-1) if k != "HGF" else g
-            return g * a + (1 - g) * m
+            return torch.lerp(m, a, g)                  # g a + (1 - g) m, one op
         if k == "CP":
             return self.proj(torch.cat([a, m], dim=-1))
         if k == "WS":
             alpha = torch.sigmoid(self.theta)
             if collect is not None:
                 collect["gate"] = alpha
-            return alpha * a + (1 - alpha) * m
+            return torch.lerp(m, a, alpha)
         return a + self.proj_m(m)  # RF
 
 
@@ -321,6 +344,26 @@ class Block(nn.Module):
                     collect[name] = out.float().pow(2).mean(-1).sqrt()   # [B,T] per-token RMS of the branch output
         x = x + self.drop(self.fusion(a, m, collect))
         f, st = self.ffn(self.norm2(x), state)
+        new.update(st)
+        return x + self.drop(f), new
+
+    def step(self, x, state):
+        """One token, x [B,C] -> (x [B,C], new state dict): forward at T = 1 through the mixers' step methods."""
+        h = self.norm1(x)
+        new = {}
+        a = m = None
+        if self.rwkv is not None:
+            a, st = self.rwkv.step(h, state)
+            new.update(st)
+            if self.ablated == "rwkv":
+                a = torch.zeros_like(a)
+        if self.mamba is not None:
+            m, st = self.mamba.step(h, state)
+            new.update(st)
+            if self.ablated == "mamba":
+                m = torch.zeros_like(m)
+        x = x + self.drop(self.fusion(a, m))
+        f, st = self.ffn.step(self.norm2(x), state)
         new.update(st)
         return x + self.drop(f), new
 
@@ -388,12 +431,7 @@ class Hybrid(nn.Module):
     def forward(self, idx, targets=None, *, state=None, return_state=False, _collect=None):
         B, T = idx.shape
         if state is not None:
-            if len(state) != len(self.blocks):
-                raise ValueError(f"state has {len(state)} layers but the model has {len(self.blocks)}; "
-                                 f"pass the state returned by this model (or model.init_state(B, device))")
-            sb = next(iter(state[0].values())).size(0) if state[0] else B
-            if sb != B:
-                raise ValueError(f"state batch {sb} != input batch {B}; use init_state({B}, device)")
+            self._check_state(state, B)
         x = self.ln0(self.emb(idx))
         states = []
         for i, block in enumerate(self.blocks):
@@ -420,12 +458,29 @@ class Hybrid(nn.Module):
             out.append(st)
         return out
 
+    def _check_state(self, state, B):
+        if len(state) != len(self.blocks):
+            raise ValueError(f"state has {len(state)} layers but the model has {len(self.blocks)}; "
+                             f"pass the state returned by this model (or model.init_state(B, device))")
+        sb = next(iter(state[0].values())).size(0) if state[0] else B
+        if sb != B:
+            raise ValueError(f"state batch {sb} != input batch {B}; use init_state({B}, device)")
+
     def step(self, token, state):
-        """One token [B,1] -> (logits [B,1,V], state). O(1): both mixers take their recurrent path at T == 1."""
+        """One token [B,1] -> (logits [B,1,V], state); state None = zeros. O(1) and equal to forward on the same
+        token: every block runs its mixers' step methods on [B,C] rows (no sequence dimension, no chunked scan, no
+        kernel dispatch), because decoding one token is bound by per-op overhead, not arithmetic. The state passed
+        in is not modified (a new list of new tensors comes back), so a caller may branch from an old state."""
         if token.dim() != 2 or token.size(1) != 1:
             raise ValueError(f"step takes one token per row, shape [B, 1]; got {tuple(token.shape)}")
-        logits, _, state = self(token, state=state, return_state=True)
-        return logits, state
+        if state is not None:
+            self._check_state(state, token.size(0))
+        x = self.ln0(self.emb(token[:, 0]))
+        new = []
+        for i, block in enumerate(self.blocks):
+            x, st = block.step(x, state[i] if state is not None else None)
+            new.append(st)
+        return self.head(self.ln_out(x))[:, None], new
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -434,13 +489,14 @@ class Hybrid(nn.Module):
             return idx
         logits, _, state = self(idx, return_state=True)
         logits = logits[:, -1, :]
+        out = [idx]
         for i in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, nxt), dim=1)
+            out.append(nxt)
             if i + 1 < max_new_tokens:
                 logits, state = self.step(nxt, state)
                 logits = logits[:, -1, :]
-        return idx
+        return torch.cat(out, dim=1)   # one concat at the end, not a growing copy per token
 
     def num_params(self, non_embedding=True):
         """Parameter count; non_embedding drops the input embedding (the untied head is a real matmul, it stays,

@@ -96,13 +96,14 @@ def _ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
 
 
 def ssd_step(x, dt, A, B, C, state):
-    """One recurrent step. x [b,h,p], dt [b,h], A [h], B, C [b,n], state [b,h,p,n] -> (y [b,h,p], state)."""
+    """One recurrent step. x [b,h,p], dt [b,h], A [h], B, C [b,n], state [b,h,p,n] -> (y [b,h,p], state).
+    Plain ops, no einsum: decoding runs this once per layer per token and is bound by per-op overhead."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, dt, A, B, C, state = (t.to(dtype) for t in (x, dt, A, B, C, state))
     with torch.autocast(x.device.type, enabled=False):
-        decay = torch.exp(dt * A)[..., None, None]
-        state = decay * state + (dt[..., None] * x)[..., None] * B[:, None, None, :]
-        return torch.einsum("bhpn,bn->bhp", state, C), state
+        dBx = (dt[..., None] * x)[..., None] * B[:, None, None, :]             # [b,h,p,n]
+        state = torch.addcmul(dBx, torch.exp(dt * A)[..., None, None], state)  # exp(dt A) h + dt x B^T
+        return (state @ C[:, None, :, None]).squeeze(-1), state
 
 
 def ssd_naive(x, dt, A, B, C, initial_state=None):
@@ -119,10 +120,11 @@ def ssd_naive(x, dt, A, B, C, initial_state=None):
 
 
 def gated_rmsnorm(y, z, weight, eps=NORM_EPS):
-    """mamba-ssm RMSNormGated with norm_before_gate=False, ngroups=1: rmsnorm(y * silu(z)) * weight, in fp32."""
+    """mamba-ssm RMSNormGated with norm_before_gate=False, ngroups=1: rmsnorm(y * silu(z)) * weight, in fp32.
+    F.rms_norm is the same formula in one fused op (one kernel instead of five per call)."""
     dtype = torch.promote_types(y.dtype, torch.float32)
     g = y.to(dtype) * F.silu(z.to(dtype))
-    return g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + eps) * weight.to(dtype)
+    return F.rms_norm(g, (g.size(-1),), weight.to(dtype), eps)
 
 
 # ------------------------------------------------------------------------------------------- mamba-ssm library
@@ -235,8 +237,32 @@ class Mamba2Mixer(nn.Module):
         return {"ssm": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device),
                 "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device)}
 
+    def step(self, u, state=None):
+        """One token, u [B,d] -> (out [B,d], state): forward's computation at T = 1 on [B, ...] rows, as mamba-ssm's
+        Mamba2.step (conv window times the kernel, then one SSM update). Decoding is bound by per-op overhead, so
+        this path has no chunking, no conv1d call, no einsum and no backend dispatch; same parameters, same state."""
+        Bsz = u.size(0)
+        H, P, N, K = self.nheads, self.headdim, self.d_state, self.d_conv
+        z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, H], dim=-1)
+        prev = state["conv"].to(xBC.dtype) if state is not None else xBC.new_zeros(Bsz, self.conv_dim, K - 1)
+        full = torch.cat([prev, xBC[..., None]], dim=-1)                      # [B, conv_dim, K]: window + this input
+        w = self.conv1d.weight.to(full.dtype)                                  # [conv_dim, 1, K]
+        conv = F.silu((full * w[:, 0]).sum(-1) + self.conv1d.bias.to(full.dtype))
+        x, Bm, Cm = conv.split([self.d_inner, N, N], dim=-1)
+        x = x.reshape(Bsz, H, P)
+        s0 = state["ssm"] if state is not None else x.new_zeros(Bsz, H, P, N, dtype=torch.promote_types(x.dtype,
+                                                                                                         torch.float32))
+        dtv = F.softplus(_up(dt) + _up(self.dt_bias))
+        y, s1 = ssd_step(x, dtv, -torch.exp(_up(self.A_log)), Bm, Cm, s0)
+        y = torch.addcmul(y, self.D.to(y.dtype)[:, None], x.to(y.dtype))   # + D x
+        y = gated_rmsnorm(y.reshape(Bsz, self.d_inner), z, self.norm.weight)
+        return self.out_proj(y.to(u.dtype)), {"ssm": _up(s1), "conv": _up(full[..., 1:])}
+
     def forward(self, u, state=None):
         Bsz, T, _ = u.shape
+        if T == 1:   # recurrent step (generation, 1-token segments): O(1), no chunk padding
+            out, st = self.step(u[:, 0], state)
+            return out[:, None], st
         H, P, N, K = self.nheads, self.headdim, self.d_state, self.d_conv
         path = resolve_backend(self.backend, u.device)
         if path != self.last_path and not torch.compiler.is_compiling():
@@ -245,7 +271,7 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, H], dim=-1)
         # depthwise causal conv over [window of K-1 past inputs ; this segment]
         xBC = xBC.transpose(1, 2)
-        lib_conv = path == "mamba_ssm" and _LIB["conv"] is not None and state is None and T > 1
+        lib_conv = path == "mamba_ssm" and _LIB["conv"] is not None and state is None
         if lib_conv:  # the state-free training call; the window is still returned (it is just the last inputs)
             prev = xBC.new_zeros(Bsz, self.conv_dim, K - 1)
             conv = _LIB["conv"](xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
@@ -260,12 +286,7 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(_up(self.A_log))
         s0 = state["ssm"] if state is not None else None
         x = x.reshape(Bsz, T, H, P)
-        if T == 1:   # recurrent step for generation: O(1), no chunk padding
-            dtv = F.softplus(_up(dt) + _up(self.dt_bias))
-            s0 = s0 if s0 is not None else x.new_zeros(Bsz, H, P, N, dtype=torch.promote_types(x.dtype, torch.float32))
-            y, s1 = ssd_step(x[:, 0], dtv[:, 0], A, Bm[:, 0], Cm[:, 0], s0)
-            y = (y + self.D.to(y.dtype)[:, None] * x[:, 0].to(y.dtype))[:, None]
-        elif path == "mamba_ssm":
+        if path == "mamba_ssm":
             y, s1 = _LIB["scan"](x, dt, A, Bm[:, :, None], Cm[:, :, None], self.chunk, D=self.D, z=None,
                                  dt_bias=self.dt_bias, dt_softplus=True,
                                  initial_states=None if s0 is None else s0.float(), return_final_states=True)
@@ -274,7 +295,7 @@ class Mamba2Mixer(nn.Module):
             y, s1 = ssd_chunked(x, dtv, A, Bm, Cm, self.chunk, s0)
             y = y + self.D.to(y.dtype)[:, None] * x.to(y.dtype)
         y = y.reshape(Bsz, T, self.d_inner)
-        if path == "mamba_ssm" and T > 1:
+        if path == "mamba_ssm":
             y = _LIB["norm"](y, self.norm.weight, None, z=z, eps=NORM_EPS, group_size=self.d_inner,
                              norm_before_gate=False)
         else:

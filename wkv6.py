@@ -323,7 +323,8 @@ def wkv6(r, k, v, w, u, state=None, *, backend="auto"):
     N = r.shape[-1]
     if backend == "auto":
         backend = wkv6_backend(r.device, N)
-        _say_once(f"wkv6: using backend '{backend}' on {r.device.type} (head size {N})")
+        if not torch.compiler.is_compiling():  # print() is a graph break: one per layer, kept in the compiled code
+            _say_once(f"wkv6: using backend '{backend}' on {r.device.type} (head size {N})")
     if backend == "naive":
         y, s = wkv6_naive(r, k, v, w, u, state)
         return y, s.float() if s.dtype != torch.float64 else s

@@ -1,0 +1,72 @@
+"""The hybrid's fast paths: Hybrid.step (the lean one-token recurrence used for decoding) against the parallel forward
+in float64, that it never enters the chunked scans / conv1d / WKV dispatch, that it leaves the caller's state alone,
+and that torch.compile traces the training forward and the decode step as ONE graph (no graph breaks)."""
+import pytest
+import torch
+
+import hybrid
+import mamba2
+import wkv6
+from test_hybrid import rel, tiny   # the tiny perturbed model (no zero init hides a wrong path), relative error
+
+
+@pytest.mark.parametrize("fusion,ffn", [("GF-MH", "cmix"), ("HGF", "swiglu"), ("WS", "cmix"), ("RWKV", "gelu"),
+                                        ("MAMBA", "cmix")])
+def test_step_equals_parallel_forward_fp64(fusion, ffn):
+    m = tiny(fusion, seed=5, ffn=ffn).double()
+    idx = torch.randint(0, 23, (2, 13), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full, _, s_full = m(idx, return_state=True)
+        st, steps = None, []                      # state None = zeros, as forward
+        for t in range(idx.size(1)):
+            lo, st = m.step(idx[:, t:t + 1], st)
+            steps.append(lo)
+    assert rel(torch.cat(steps, 1), full) < 1e-11
+    for a, b in zip(st, s_full):
+        assert set(a) == set(b)
+        for k in a:
+            assert a[k].shape == b[k].shape and rel(a[k], b[k]) < 1e-11, k
+
+
+def test_step_takes_no_sequence_path_and_keeps_the_input_state(monkeypatch):
+    m = tiny("GF-MH", seed=2)
+    idx = torch.randint(0, 23, (3, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, _, st = m(idx, return_state=True)
+        want, _ = m(idx[:, -1:], state=st)
+
+        def forbidden(*a, **k):
+            raise AssertionError("Hybrid.step ran a sequence (chunked / conv1d / WKV-dispatch) path")
+        for mod, name in ((hybrid, "wkv6"), (mamba2, "ssd_chunked"), (mamba2.F, "conv1d")):
+            monkeypatch.setattr(mod, name, forbidden)
+        before = [{k: v.clone() for k, v in s.items()} for s in st]
+        got, st2 = m.step(idx[:, -1:], st)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b, c in zip(st, before, st2):
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"step modified the caller's state[{k!r}]"
+            assert c[k] is not a[k]
+
+
+@pytest.mark.parametrize("wkv_backend", ["auto", "torch"])
+def test_training_forward_traces_without_graph_breaks(wkv_backend, monkeypatch):
+    # a fresh "printed once" set: the wkv6 'using backend' line must not be printed from inside the traced graph
+    # (print() is a graph break, and it would stay in the compiled code as one break per layer)
+    monkeypatch.setattr(wkv6, "_printed", set())
+    m = tiny("GF-MH", wkv_backend=wkv_backend, dropout=0.1).train()
+    idx = torch.randint(0, 23, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(lambda x, y: m(x, y)[1])(idx, idx)
+    torch._dynamo.reset()
+    assert ex.graph_break_count == 0 and ex.graph_count == 1, [b.reason for b in ex.break_reasons]
+
+
+def test_decode_step_traces_as_one_graph():
+    """So `torch.compile(model.step, mode='reduce-overhead')` can capture a whole decode step in one CUDA graph."""
+    m = tiny("GF-MH")
+    st = m.init_state(2, "cpu")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ex = torch._dynamo.explain(m.step)(torch.zeros(2, 1, dtype=torch.long), st)
+    torch._dynamo.reset()
+    assert ex.graph_break_count == 0 and ex.graph_count == 1, [b.reason for b in ex.break_reasons]
