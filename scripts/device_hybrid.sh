@@ -16,9 +16,10 @@
 #   bash scripts/device_hybrid.sh --smoke [--quality ...] CORPUS OUT_DIR             (CPU, tiny models: tests it)
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
-#   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (250),
-#   EVAL_ITERS (50: the val split is tiled whole either way, 435 windows of 256 < 50 x 64; fewer only shortens the
-#   train-loss estimate), COMPILE (True), STAGGER (s, 240): the first seed of each model starts alone and the other
+#   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (100:
+#   on the H100 the hybrid's best val came at the first eval of 250 and it overfits after: a finer grid), EVAL_ITERS
+#   (50: the val split is tiled whole either way, 435 windows of 256 < 50 x 64; fewer only shortens the train-loss
+#   estimate), COMPILE (True), STAGGER (s, 240): the first seed of each model starts alone and the other
 #   seeds start once it has logged iter 0 (compiled: the others then hit the inductor cache) or after STAGGER s;
 #   TRAIN_ARGS (extra train.py options for every run, e.g. "--compile_mode=default" if CUDA graphs fail).
 #   Runs still going at the deadline get SIGTERM: train.py saves and stops, end reason "signal" in the results.
@@ -108,7 +109,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------------- quality
 if [ $quality = 1 ]; then
-  ITERS=${ITERS:-1500}; EVAL_INTERVAL=${EVAL_INTERVAL:-250}; EVAL_ITERS=${EVAL_ITERS:-50}; STAGGER=${STAGGER:-240}
+  ITERS=${ITERS:-1500}; EVAL_INTERVAL=${EVAL_INTERVAL:-100}; EVAL_ITERS=${EVAL_ITERS:-50}; STAGGER=${STAGGER:-240}
   targs=(--max_iters=$ITERS --lr_decay_iters=$ITERS --eval_interval=$EVAL_INTERVAL --eval_iters=$EVAL_ITERS
          --compile=${COMPILE:-True} ${TRAIN_ARGS:-})
   window=100,300; target=1.47
