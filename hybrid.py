@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mamba2 import Mamba2Mixer, describe_backend, resolve_backend
+from mamba2 import Mamba2Mixer, describe_backend, no_autocast, resolve_backend
 from model import COMMON_CONFIG, RMSNorm, make_adamw, mlp_activation, sample_next
 from wkv6 import wkv6  # re-exported: hybrid.wkv6 is the operator the time-mix calls
 
@@ -150,7 +150,7 @@ class RWKVTimeMix(nn.Module):
         w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         decay = torch.exp(-torch.exp(_up(w))).view(B, H, N, 1)                     # exp(logw), per key row
         dt = torch.promote_types(r.dtype, torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x.device.type):
             S = state["wkv"].to(dt) if state is not None else x.new_zeros(B, H, N, N, dtype=dt)
             kv = self.key(xk).to(dt).view(B, H, N, 1) * self.value(xv).to(dt).view(B, H, 1, N)   # k^T v [B,H,N,N]
             y = r.to(dt).view(B, H, 1, N) @ torch.addcmul(S, self.time_faaaa.to(dt)[:, :, None], kv)

@@ -70,3 +70,17 @@ def test_decode_step_traces_as_one_graph():
         ex = torch._dynamo.explain(m.step)(torch.zeros(2, 1, dtype=torch.long), st)
     torch._dynamo.reset()
     assert ex.graph_break_count == 0 and ex.graph_count == 1, [b.reason for b in ex.break_reasons]
+
+
+def test_step_under_bf16_autocast_tracks_forward():
+    """The fp32 regions of the step (WKV and SSM state updates) are also entered under autocast; states stay fp32."""
+    m = tiny("GF-MH", seed=7)
+    idx = torch.randint(0, 23, (2, 6), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full, _ = m(idx)
+        st, steps = None, []
+        for t in range(idx.size(1)):
+            lo, st = m.step(idx[:, t:t + 1], st)
+            steps.append(lo)
+    assert rel(torch.cat(steps, 1).float(), full.float()) < 3e-2
+    assert all(v.dtype == torch.float32 for s in st for v in s.values())
