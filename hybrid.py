@@ -145,14 +145,14 @@ class RWKVTimeMix(nn.Module):
         m5 = torch.bmm(xxx.view(B, 5, self.mix_lora).transpose(0, 1), self.time_maa_w2)   # [5,B,C]: w,k,v,r,g
         maa = torch.stack([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
         xw, xk, xv, xr, xg = torch.addcmul(x, xx, maa[:, None] + m5).unbind(0)
-        r = self.receptance(xr)
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)    # under autocast in its dtype, as forward
         g = F.silu(self.gate(xg))
         w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
         decay = torch.exp(-torch.exp(_up(w))).view(B, H, N, 1)                     # exp(logw), per key row
         dt = torch.promote_types(r.dtype, torch.float32)
         with no_autocast(x.device.type):
             S = state["wkv"].to(dt) if state is not None else x.new_zeros(B, H, N, N, dtype=dt)
-            kv = self.key(xk).to(dt).view(B, H, N, 1) * self.value(xv).to(dt).view(B, H, 1, N)   # k^T v [B,H,N,N]
+            kv = k.to(dt).view(B, H, N, 1) * v.to(dt).view(B, H, 1, N)         # k^T v [B,H,N,N]
             y = r.to(dt).view(B, H, 1, N) @ torch.addcmul(S, self.time_faaaa.to(dt)[:, :, None], kv)
             S = torch.addcmul(kv, decay.to(dt), S)
         y = self.ln_x(y.view(B, self.A).to(r.dtype).to(g.dtype))
