@@ -104,12 +104,16 @@ def build_model(model_args):
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Draw the next token from logits [B, V] -> [B, 1]. temperature 0 is greedy. Every family uses this."""
+    """Draw the next token from logits [B, V] -> [B, 1]. temperature 0 is greedy. Every family uses this.
+    All tensor ops, no device->host sync: decoding on a GPU never waits for the GPU to catch up."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1.0 == x exactly, so skipping it changes no bit and saves a kernel
+        logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        # [:, -1:] (a view), not [:, [-1]]: a Python list index is copied host->device on every call
+        kth = torch.topk(logits, top_k).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and 0 < top_p < 1:
@@ -119,7 +123,12 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator)
+    # torch.multinomial(probs, 1, generator=g) draws exactly argmax(probs / E) with E ~ Exp(1) from g (the
+    # exponential race), but first validates probs with two .item() calls: two host syncs per token on CUDA.
+    # Same draw, same bits, no sync (tests/test_generate_fast.py checks it against torch.multinomial);
+    # GPT.generate checks the logits are finite once, at the end.
+    e = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / e).argmax(-1, keepdim=True)
 
 
 def decay_groups(named_params, no_decay_ids, weight_decay):
@@ -178,6 +187,22 @@ def apply_rope(x, cos, sin):
     return out.type_as(x)
 
 
+def rope_cache_tables(head_dim, length, base, device):
+    """RoPE tables for the KV-cached path, built once per cache: cos2 = [cos, cos] and sin2 = [-sin, sin], each
+    [length, 1, head_dim], so that rotating is x * cos2 + swap_halves(x) * sin2 (4 kernels for q and k together,
+    against apply_rope's 7 for each). Every element is the same products and sum as apply_rope's (negation is exact
+    and addition commutes), so the cached path's bits match the uncached forward's."""
+    cos, sin = rope_tables(head_dim, length, base, device)
+    return torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([-sin, sin], -1).unsqueeze(1)
+
+
+def apply_rope_cached(x, cos2, sin2):
+    # x [B, T, n, D] (q and k heads side by side); cos2, sin2 [T, 1, D]
+    d = x.size(-1) // 2
+    xf = x.float()
+    return (xf * cos2 + torch.cat([xf[..., d:], xf[..., :d]], -1) * sin2).type_as(x)
+
+
 class Attention(nn.Module):
     def __init__(self, a):
         super().__init__()
@@ -191,15 +216,14 @@ class Attention(nn.Module):
             raise ValueError(f"attn_impl={self.impl!r}: use sdpa or math")
 
     def forward(self, x, rope, cache):
+        if cache is not None:
+            return self.forward_cached(x, rope, cache)
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
         if not self.causal:  # bidirectional: every position attends to every position (no cache: the past changes)
-            if cache is not None:
-                raise ValueError("a bidirectional model (causal=False) has no KV cache; call it without state")
             p = self.dropout if self.training else 0.0
             if self.impl == "sdpa":
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
@@ -207,26 +231,58 @@ class Attention(nn.Module):
                 att = F.dropout(((q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))).softmax(-1), p, self.training)
                 y = att @ v
             return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
-        if cache is not None:  # KV cache: append, attend over everything cached so far
-            if cache.get("k") is not None:
-                past = cache["k"].size(2)
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
+        y = self.attend(q, k, v, 0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, past):
+        """Causal attention of T queries at positions past.. over the S = past + T keys k, v [B, H, S, D]."""
+        T = q.size(2)
         p = self.dropout if self.training else 0.0
         if self.impl == "sdpa" and past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        elif self.impl == "sdpa" and T == 1:  # one new token attends to the whole cache: no mask to build
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-        else:  # explicit mask: the math path, and cached decoding where query i sits at position past + i
-            S = k.size(2)
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            if self.impl == "sdpa":
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-            else:
-                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-                att = F.dropout(att.masked_fill(~mask, float("-inf")).softmax(-1), p, self.training)
-                y = att @ v
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        if self.impl == "sdpa" and T == 1:  # one new token attends to the whole cache: no mask to build
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        # explicit mask: the math path, and chunked cached prefill where query i sits at position past + i
+        S = k.size(2)
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=past)
+        if self.impl == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = F.dropout(att.masked_fill(~mask, float("-inf")).softmax(-1), p, self.training)
+        return att @ v
+
+    def forward_cached(self, x, rope, cache):
+        """Attention through the KV cache `cache` (one layer's dict from GPT.new_cache): x's keys and values are
+        written in place into preallocated [B, H, size, D] buffers at rows n..n+T (n, a Python int, is how many
+        rows are filled: no device->host sync), and the queries attend over rows 0..n+T. rope is
+        rope_cache_tables' (cos2, sin2) for these positions, or None (learned positions)."""
+        if not self.causal:
+            raise ValueError("a bidirectional model (causal=False) has no KV cache; call it without state")
+        B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)
+        if rope is not None:  # rotate q and k in one go: [B, T, 2H, D]
+            qk = apply_rope_cached(qkv[..., :2 * C].view(B, T, 2 * H, D), *rope)
+            q, k = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2)
+        else:
+            q, k = (qkv[..., i * C:(i + 1) * C].view(B, T, H, D).transpose(1, 2) for i in (0, 1))
+        v = qkv[..., 2 * C:].view(B, T, H, D).transpose(1, 2)
+        past = cache["n"]
+        buf = cache.get("k")
+        if buf is None or buf.shape[:2] != (B, H) or buf.dtype != k.dtype or buf.device != k.device:
+            if past > 0:
+                raise ValueError(f"this KV cache holds {past} tokens of batch {buf.size(0)}, {buf.dtype} on {buf.device};"
+                                 f" got batch {B}, {k.dtype} on {k.device}: start a new one with model.new_cache()")
+            # allocated on first use (batch, dtype and device are known only now), reused for every later token
+            cache["k"], cache["v"] = (k.new_empty(B, H, cache["size"], D) for _ in range(2))
+        cache["k"][:, :, past:past + T] = k
+        cache["v"][:, :, past:past + T] = v
+        cache["n"] = past + T
+        if past > 0:  # attend over the filled prefix (views into the buffers: no copy)
+            k, v = cache["k"][:, :, :past + T], cache["v"][:, :, :past + T]
+        y = self.attend(q, k, v, past)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # for T = 1 already contiguous: no copy
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -462,7 +518,7 @@ class Recursion:
             raise ValueError(f"KV cache has {len(state['layers'])} layers but this depth needs "
                              f"{self.block_applications()}; make a new one with model.new_cache() after set_depth()")
         caches = iter(state["layers"]) if state is not None else None
-        x, rope = self.embed(idx, past)
+        x, rope = self.embed(idx, past, state)
         for b in self.prelude:
             x = b(x, rope, next(caches) if caches is not None else None)
         x = F.rms_norm(x, (x.size(-1),))
@@ -574,14 +630,23 @@ class GPT(Recursion, nn.Module):
         n = sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0)
         return 6 * n + 12 * a["n_layer"] * a["n_head"] * (a["n_embd"] // a["n_head"]) * T
 
-    def embed(self, idx, past):
-        """Token (+ learned position) embedding after dropout, and the RoPE tables (or None) for positions past.."""
+    def embed(self, idx, past, state=None):
+        """Token (+ learned position) embedding after dropout, and the RoPE tables (or None) for positions past..
+        With a KV cache (state), the tables are rope_cache_tables' (cos2, sin2) rows, built once per cache."""
         T = idx.size(1)
         if past + T > self.a["block_size"]:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.a['block_size']}")
         x = self.transformer.wte(idx)
         rope = None
-        if "wpe" in self.transformer:
+        if state is not None:  # cached path: slice tables, build no index tensor
+            if "wpe" in self.transformer:
+                x = x + self.transformer.wpe.weight[past:past + T]
+            else:
+                if state.get("rope") is None or state["rope"][0].device != idx.device:
+                    state["rope"] = rope_cache_tables(self.a["n_embd"] // self.a["n_head"], self.a["block_size"],
+                                                      self.a["rope_base"], idx.device)
+                rope = (state["rope"][0][past:past + T], state["rope"][1][past:past + T])
+        elif "wpe" in self.transformer:
             x = x + self.transformer.wpe(torch.arange(past, past + T, device=idx.device))
         else:
             cos, sin = rope_tables(self.a["n_embd"] // self.a["n_head"], past + T, self.a["rope_base"], idx.device)
@@ -601,7 +666,7 @@ class GPT(Recursion, nn.Module):
         if self.a["recursive"]:
             logits, loss = self.recursive_forward(idx, targets, state, past)
         else:
-            x, rope = self.embed(idx, past)
+            x, rope = self.embed(idx, past, state)
             caches = state["layers"] if state is not None else [None] * len(self.transformer.h)
             for block, cache in zip(self.transformer.h, caches):
                 x = block(x, rope, cache)
@@ -613,9 +678,19 @@ class GPT(Recursion, nn.Module):
         return logits, loss
 
     def new_cache(self):
-        """An empty KV cache for forward(state=..., return_state=True)."""
+        """An empty KV cache for forward(state=..., return_state=True): per layer (block application) a dict whose
+        [B, H, block_size, head_dim] key and value buffers are allocated by the first forward and then written in
+        place; "n" (a Python int) counts the filled rows. "pos" is the tokens seen, "rope" the RoPE tables."""
         n = self.block_applications() if self.a["recursive"] else len(self.transformer.h)
-        return {"pos": 0, "layers": [{} for _ in range(n)]}
+        return {"pos": 0, "rope": None, "layers": [{"n": 0, "size": self.a["block_size"]} for _ in range(n)]}
+
+    @staticmethod
+    def reset_cache(cache):
+        """Empty a KV cache but keep its buffers (no re-allocation)."""
+        cache["pos"] = 0
+        for layer in cache["layers"]:
+            layer["n"] = 0
+        return cache
 
     def crop_block_size(self, block_size):
         """Model surgery: shrink the context (e.g. load a 1024 checkpoint, train at 256)."""
@@ -640,18 +715,30 @@ class GPT(Recursion, nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Sample with a KV cache. Once the context exceeds block_size the window slides, as in nanoGPT: each
-        step then re-prefills the last block_size tokens (with learned positions a cache cannot slide)."""
+        step then re-prefills the last block_size tokens (with learned positions a cache cannot slide).
+        No device->host sync per token: positions are Python ints, the cache and the output are preallocated and
+        written in place, sampling is tensor ops (sample_next). The one sync is the finiteness check at the end."""
         if not self.a["causal"]:
             raise ValueError("generate() needs a causal model; this one was built with causal=False (puzzles)")
-        cache, pending = None, idx
+        bs, (B, t) = self.a["block_size"], idx.shape
+        out = idx.new_empty(B, t + max_new_tokens)
+        out[:, :t] = idx
+        cache, pending = self.new_cache(), out[:, max(0, t - bs):t]
+        finite = torch.ones((), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
-            if cache is None or cache["pos"] + pending.size(1) > self.a["block_size"]:
-                cache, pending = self.new_cache(), idx[:, -self.a["block_size"]:]
+            if cache["pos"] + pending.size(1) > bs:  # window full: slide, re-prefill into the same buffers
+                pending = out[:, t - bs:t]
+                self.reset_cache(cache)
             logits, _, cache = self(pending, state=cache, return_state=True)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
-            idx = torch.cat((idx, nxt), dim=1)
-            pending = nxt
-        return idx
+            last = logits[:, -1, :]
+            finite &= torch.isfinite(last).all()  # on device; read once after the loop
+            out[:, t:t + 1] = sample_next(last, temperature, top_k, top_p, generator)
+            pending = out[:, t:t + 1]
+            t += 1
+        if max_new_tokens > 0 and not finite:
+            raise ValueError("generate: the model produced nan/inf logits (bad weights, or fp16/bf16 overflow: "
+                             "try dtype=float32); the sampled tokens are meaningless")
+        return out
 
     @torch.no_grad()
     def generate_uncached(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
