@@ -23,7 +23,7 @@ train     tokens/s of the optimizer step loop train.py runs (forward + backward 
 generate  prefill tokens/s (one forward over the B x ctx prompt, building the KV cache / recurrent state) and
           decode tokens/s (gen_tokens single-token forwards from that state, B rows each, sampling included),
           timed separately with a device sync around each, median over gen_repeats after one warm-up repeat;
-          plus model.generate end to end for the same prompt. Eager (no torch.compile: the cache grows each step).
+          plus model.generate end to end for the same prompt. Eager (no torch.compile; the GPT KV cache is preallocated to block_size and written in place).
 runs      from metrics.jsonl files of finished train.py runs: best val loss and its iter, training wall time
           (train_time_s: excludes eval and checkpointing) to the first eval at or below --target, the median of
           the logged per-step tok/s over --tok_window (train.py logs a step only every log_interval), and across
@@ -665,8 +665,8 @@ def main(argv):
     if opts["what"] == "generate":
         notes.append("speed only: a freshly initialised model of each config (seeded), not a trained checkpoint; "
                      "sampling at temperature 1.0 from the full distribution, eager mode")
-        notes.append("GPT: the prefill attends with is_causal (the backends' attention path); cached decode steps "
-                     "attend with an explicit mask (model.Attention's cached path), which SDPA does not run as flash")
+        notes.append("GPT: the prefill attends with is_causal (the backends' attention path); a decode step's one "
+                     "query attends over the filled rows of the preallocated KV cache through SDPA without a mask")
     summary["data"] = dict(dataset=dataset, meta_sha256=datas[dataset].meta["meta_sha256"],
                            train_tokens=len(datas[dataset].train))
     path = write_results(opts["out"], opts["name"] or "_".join(labels) + f"_{opts['what']}", opts["what"], device,
