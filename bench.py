@@ -23,7 +23,8 @@ train     tokens/s of the optimizer step loop train.py runs (forward + backward 
 generate  prefill tokens/s (one forward over the B x ctx prompt, building the KV cache / recurrent state) and
           decode tokens/s (gen_tokens single-token forwards from that state, B rows each, sampling included),
           timed separately with a device sync around each, median over gen_repeats after one warm-up repeat;
-          plus model.generate end to end for the same prompt. Eager (no torch.compile; the GPT KV cache is preallocated to block_size and written in place).
+          plus model.generate end to end for the same prompt. Eager (no torch.compile; the GPT KV cache is
+          preallocated to block_size and written in place).
 runs      from metrics.jsonl files of finished train.py runs: best val loss and its iter, training wall time
           (train_time_s: excludes eval and checkpointing) to the first eval at or below --target, the median of
           the logged per-step tok/s over --tok_window (train.py logs a step only every log_interval), and across
