@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mamba2 import Mamba2Mixer, describe_backend, no_autocast, resolve_backend
-from model import COMMON_CONFIG, RMSNorm, make_adamw, mlp_activation, sample_next
+from model import COMMON_CONFIG, RMSNorm, make_adamw, mlp_activation, raise_if_nonfinite, sample_next
 from wkv6 import wkv6  # re-exported: hybrid.wkv6 is the operator the time-mix calls
 
 HYBRID_CONFIG = dict(
@@ -325,16 +325,18 @@ class Block(nn.Module):
         self.ablated = None  # 'rwkv' | 'mamba' | None, set by Hybrid.ablate()
 
     def forward(self, x, state=None, collect=None):
+        """x [B,T,C], or [B,C]: one decoding token through the mixers' step methods (no sequence dimension)."""
+        mix = (lambda mod, h: mod.step(h, state)) if x.dim() == 2 else (lambda mod, h: mod(h, state))  # noqa: E731
         h = self.norm1(x)
         new = {}
         a = m = None
         if self.rwkv is not None:
-            a, st = self.rwkv(h, state)
+            a, st = mix(self.rwkv, h)
             new.update(st)
             if self.ablated == "rwkv":
                 a = torch.zeros_like(a)
         if self.mamba is not None:
-            m, st = self.mamba(h, state)
+            m, st = mix(self.mamba, h)
             new.update(st)
             if self.ablated == "mamba":
                 m = torch.zeros_like(m)
@@ -343,27 +345,7 @@ class Block(nn.Module):
                 if out is not None:
                     collect[name] = out.float().pow(2).mean(-1).sqrt()   # [B,T] per-token RMS of the branch output
         x = x + self.drop(self.fusion(a, m, collect))
-        f, st = self.ffn(self.norm2(x), state)
-        new.update(st)
-        return x + self.drop(f), new
-
-    def step(self, x, state):
-        """One token, x [B,C] -> (x [B,C], new state dict): forward at T = 1 through the mixers' step methods."""
-        h = self.norm1(x)
-        new = {}
-        a = m = None
-        if self.rwkv is not None:
-            a, st = self.rwkv.step(h, state)
-            new.update(st)
-            if self.ablated == "rwkv":
-                a = torch.zeros_like(a)
-        if self.mamba is not None:
-            m, st = self.mamba.step(h, state)
-            new.update(st)
-            if self.ablated == "mamba":
-                m = torch.zeros_like(m)
-        x = x + self.drop(self.fusion(a, m))
-        f, st = self.ffn.step(self.norm2(x), state)
+        f, st = mix(self.ffn, self.norm2(x))
         new.update(st)
         return x + self.drop(f), new
 
@@ -478,7 +460,7 @@ class Hybrid(nn.Module):
         x = self.ln0(self.emb(token[:, 0]))
         new = []
         for i, block in enumerate(self.blocks):
-            x, st = block.step(x, state[i] if state is not None else None)
+            x, st = block(x, state[i] if state is not None else None)   # x [B,C]: the blocks' step path
             new.append(st)
         return self.head(self.ln_out(x))[:, None], new
 
@@ -490,12 +472,15 @@ class Hybrid(nn.Module):
         logits, _, state = self(idx, return_state=True)
         logits = logits[:, -1, :]
         out = [idx]
+        finite = torch.ones((), dtype=torch.bool, device=idx.device)
         for i in range(max_new_tokens):
+            finite &= torch.isfinite(logits).all()  # on device; read once after the loop
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             out.append(nxt)
             if i + 1 < max_new_tokens:
                 logits, state = self.step(nxt, state)
                 logits = logits[:, -1, :]
+        raise_if_nonfinite(finite)
         return torch.cat(out, dim=1)   # one concat at the end, not a growing copy per token
 
     def num_params(self, non_embedding=True):

@@ -126,9 +126,17 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     # torch.multinomial(probs, 1, generator=g) draws exactly argmax(probs / E) with E ~ Exp(1) from g (the
     # exponential race), but first validates probs with two .item() calls: two host syncs per token on CUDA.
     # Same draw, same bits, no sync (tests/test_generate_fast.py checks it against torch.multinomial);
-    # GPT.generate checks the logits are finite once, at the end.
+    # each generate() checks the logits are finite once, at the end (raise_if_nonfinite).
     e = torch.empty_like(probs).exponential_(1, generator=generator)
     return (probs / e).argmax(-1, keepdim=True)
+
+
+def raise_if_nonfinite(finite):
+    """generate()'s one device->host sync, after the loop: `finite` is the on-device AND of
+    torch.isfinite(logits).all() over the steps (sample_next does not validate, torch.multinomial did)."""
+    if not finite:
+        raise ValueError("generate: the model produced nan/inf logits (bad weights, or fp16/bf16 overflow: "
+                         "try dtype=float32); the sampled tokens are meaningless")
 
 
 def decay_groups(named_params, no_decay_ids, weight_decay):
@@ -735,9 +743,7 @@ class GPT(Recursion, nn.Module):
             out[:, t:t + 1] = sample_next(last, temperature, top_k, top_p, generator)
             pending = out[:, t:t + 1]
             t += 1
-        if max_new_tokens > 0 and not finite:
-            raise ValueError("generate: the model produced nan/inf logits (bad weights, or fp16/bf16 overflow: "
-                             "try dtype=float32); the sampled tokens are meaningless")
+        raise_if_nonfinite(finite)
         return out
 
     @torch.no_grad()

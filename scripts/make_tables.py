@@ -136,6 +136,11 @@ def gates_section(results_dir, gates):
     return "### Validation gates (gates.py on trained checkpoints)\n\n" + "\n\n".join(chunks)
 
 
+def depth_key(k):
+    """Depth keys in order: "fixed" (a model without recursion) first, then 1, 2, 4, ... numerically."""
+    return (k != "fixed", int(k) if k.isdigit() else 0)
+
+
 def recursive_section(docs):
     chunks = []
     v3 = lambda x: fixed(x, 3)  # noqa: E731
@@ -159,7 +164,7 @@ def recursive_section(docs):
                           table(["model", "params", "seeds", "exact solve", "cell accuracy", "best exact over depths",
                                  "tokens", "train time (s)", "ended by", "results"], rows))
             depths = sorted({k for r in runs.values() for k in (r.get("depth_eval") or {}).get("results", {})},
-                            key=lambda k: (k != "fixed", int(k) if k.isdigit() else 0))
+                            key=depth_key)
             per = [[n] + [v3(((r.get("depth_eval") or {}).get("results", {}).get(k) or {}).get("exact"))
                           for k in depths] + [link(rel)] for n, r in sorted(runs.items())]
             chunks.append("Exact-solve rate per seed against test-time depth (recursion steps):\n\n" +
@@ -179,7 +184,7 @@ def recursive_section(docs):
                           f"used train.py's default seed {d.get('default_seed')}).\n\n" +
                           table(["model", "seeds", "best val loss", "tokens", "ended by", "results"], rows))
             depths = sorted({k for m in lm.values() for k in m["depth_curve"]},
-                            key=lambda k: (k != "fixed", int(k) if k.isdigit() else 0))
+                            key=depth_key)
             curve = [[k] + [mean_std_range(m["depth_curve"].get(k), v4) for _, m in sorted(lm.items())] + [link(rel)]
                      for k in depths]
             chunks.append("Val loss against test-time depth (400 fixed val windows, seed 1337; \"fixed\" = a model "

@@ -196,14 +196,16 @@ def merge(out_path, sources, default_seed, argv):
                              tokens=sorted({r["tokens"] for r in rs}), end_reasons=sorted({r["end_reason"] for r in rs}),
                              depth_curve={k: _spread([(r["depth_curve"] or {}).get(k) for r in rs]) for k in depths})
     first = docs[0][1]["provenance"]
-    out = dict(schema=1, what="recursive", name=os.path.basename(out_path)[11:-5] if os.path.basename(out_path)[:4].isdigit() else os.path.basename(out_path)[:-5],
+    sud = with_sudoku[0][1] if with_sudoku else {}
+    base = os.path.basename(out_path)[:-len(".json")]
+    out = dict(schema=1, what="recursive", name=base[11:] if base[:4].isdigit() else base,  # <YYYY-MM-DD>_<name>
                command="python scripts/recursive_eval.py merge " + " ".join(argv), device_name=devices[0],
                git=first["git"], versions=first["versions"],
                sources=[dict(path=p, provenance=d["provenance"], script=d.get("script")) for p, d in docs],
-               sudoku=with_sudoku[0][1]["sudoku"] if with_sudoku else {},
-               sudoku_runs={n: r for n, r in with_sudoku[0][1]["runs"].items() if n.startswith("sudoku-")} if with_sudoku else {},
-               recursion_beats_no_recursion=with_sudoku[0][1]["recursion_beats_no_recursion"] if with_sudoku else None,
-               lm=pooled, default_seed=default_seed)
+               sudoku=sud.get("sudoku", {}),
+               sudoku_runs={n: r for n, r in sud.get("runs", {}).items() if n.startswith("sudoku-")},
+               recursion_beats_no_recursion=sud.get("recursion_beats_no_recursion"), lm=pooled,
+               default_seed=default_seed)
     with open(out_path, "w") as f:
         json.dump(out, f, indent=1, default=str)
         f.write("\n")

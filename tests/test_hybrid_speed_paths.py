@@ -84,3 +84,13 @@ def test_step_under_bf16_autocast_tracks_forward():
             steps.append(lo)
     assert rel(torch.cat(steps, 1).float(), full.float()) < 3e-2
     assert all(v.dtype == torch.float32 for s in st for v in s.values())
+
+
+def test_generate_with_nonfinite_logits_is_an_error():
+    """sample_next no longer validates (torch.multinomial did, with two host syncs per token): generate checks the
+    logits once, after the loop, as the GPT's does."""
+    m = tiny("GF-MH", seed=3)
+    with torch.no_grad():
+        m.head.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="nan/inf logits"):
+        m.generate(torch.zeros(1, 2, dtype=torch.long), 3)
