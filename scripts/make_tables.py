@@ -136,6 +136,28 @@ def gates_section(results_dir, gates):
     return "### Validation gates (gates.py on trained checkpoints)\n\n" + "\n\n".join(chunks)
 
 
+def ddp_section(docs):
+    """scripts/ddp_eval.py files: one row per config (throughput, efficiency, memory, loss match)."""
+    rows = []
+    for rel, d in docs:
+        s, lo = d["summary"], d["summary"]["loss"]
+        t, mem = s["tok_s"], s["mem_peak_mb"]
+        target = "" if s.get("eff_target") is None else f" (target ≥ {s['eff_target']}: {'met' if s['eff_target_met'] else 'missed'})"
+        rows.append([d["name"], s["device_name"], s["world"], s["per_rank_batch"], fixed(t["per_gpu_one"], 0),
+                     fixed(t["multi"], 0), fixed(t["multi_per_gpu"], 0), fixed(s["scaling_efficiency"], 3) + target,
+                     f"{sig(mem['per_gpu_one'])} / {sig(mem['multi_rank0'])}",
+                     f"{'yes' if lo['match'] else 'NO'}: late train Δ {lo['train_late_rel_diff'] * 100:.2f}%, val Δ ≤ "
+                     f"{max((e['rel_diff'] for e in lo['evals']), default=float('nan')) * 100:.2f}% "
+                     f"(iters {lo['first_iter']}–{lo['last_iter']})", link(rel)])
+    return ("### Multi-GPU (DDP, scripts/ddp_eval.py)\n\nOne GPU at the per-rank batch vs torchrun on N GPUs (gradient "
+            "accumulation 1 per rank), medians of the logged per-step tok/s (all ranks' tokens); efficiency = "
+            "N-GPU tok/s ÷ (N × one-GPU tok/s); peak memory = torch.cuda.max_memory_allocated (one GPU / rank 0). "
+            "Loss match: the one-GPU run with the same global batch (the same windows, dropout 0) vs the DDP run: mean "
+            "|train loss difference| over the last half of the steps and the largest eval difference, relative.\n\n" +
+            table(["run", "device", "GPUs", "batch per rank", "one-GPU tok/s", "N-GPU tok/s", "tok/s per GPU",
+                   "efficiency", "peak MiB (1 / N)", "loss match", "results"], rows))
+
+
 def depth_key(k):
     """Depth keys in order: "fixed" (a model without recursion) first, then 1, 2, 4, ... numerically."""
     return (k != "fixed", int(k) if k.isdigit() else 0)
@@ -271,6 +293,9 @@ def render(results_dir):
     gates = by("gates")
     if gates:
         parts.append(gates_section(results_dir, gates))
+    ddp = by("ddp")
+    if ddp:
+        parts.append(ddp_section(ddp))
     rec = by("recursive")
     if rec:
         parts.append(recursive_section(rec))

@@ -141,3 +141,62 @@ def test_device_quality_failed_run_is_reported(tmp_path):
     assert st["gpt_8m_s0"]["rc"] == "2" and st["gpt_8m_s0"]["log_tail"] == ["error: simulated"]
     assert not glob.glob(str(out / "*_quality_gpt_8m.json"))
     assert "0 of 1 models summarised" in p.stderr
+
+
+def test_device_ddp_smoke(tmp_path):
+    """Issue 8's command on a CPU (2 gloo processes, tiny models): per model a one-process run at the per-rank batch,
+    a torchrun run, a one-process run at the global batch, then scripts/ddp_eval.py: with dropout 0 the global-batch
+    run and the DDP run see the same windows, so their losses agree to float rounding; efficiency is computed from
+    the runs' logged tok/s; every file comes back flat."""
+    out = tmp_path / "out"
+    p = run_script(["scripts/device_ddp.sh", "--smoke", str(corpus(tmp_path)), "-", str(out)], timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    files = flat_results(out)
+    assert len(files) == 4
+    for m in ("gpt2_124m", "gf_mh_8m"):
+        d = json.load(open(glob.glob(str(out / f"*_ddp_smoke_{m}.json"))[0]))
+        s = d["summary"]
+        assert d["what"] == "ddp" and s["world"] == 2 and s["loss"]["match"] and s["loss"]["common_iters"] == 8
+        assert s["loss"]["train_max_abs_diff"] < 1e-4 and len(s["loss"]["evals"]) == 3
+        raw = d["raw"]
+        assert raw["multi"]["world_size"] == 2 and raw["multi"]["tokens_per_iter"] == raw["same_batch"]["tokens_per_iter"]
+        assert s["scaling_efficiency"] == pytest.approx(s["tok_s"]["multi"] / (2 * s["tok_s"]["per_gpu_one"]))
+    st = json.load(open(glob.glob(str(out / "*_ddp_smoke_status.json"))[0]))
+    assert len(st["runs"]) == 6 and all(r["rc"] == "0" for r in st["runs"].values())
+    assert st["env"]["NCCL_NVLS_ENABLE"] == "0"
+    import make_tables
+    (tmp_path / "results").mkdir()
+    for f in files:
+        os.replace(out / f, tmp_path / "results" / f)
+    text = make_tables.render(str(tmp_path / "results"))
+    assert "### Multi-GPU (DDP" in text and "gf_mh_8m" in text
+
+
+def ddp_lines(world, batch, losses, vals, tok_s):
+    head = dict(kind="run", seed=1337, device="cuda", device_name="GPU X", world_size=world,
+                config=dict(batch_size=batch, block_size=8, gradient_accumulation_steps=1, model_type="gpt"),
+                tokens_per_iter=batch * world * 8, backends=dict(compile="default"))
+    trains = [dict(kind="train", iter=i, loss=l, tok_s=tok_s, mem_peak_mb=100.0) for i, l in enumerate(losses)]
+    evals = [dict(kind="eval", iter=i * 4, val_loss=v, train_time_s=float(i)) for i, v in enumerate(vals)]
+    return [head, *trains, *evals, dict(kind="end", reason="max_iters", iter=8, train_time_s=1.0)]
+
+
+def test_ddp_eval_detects_a_mismatch_and_wrong_batches(tmp_path):
+    """The comparison can fail: a DDP run whose losses drift by 5% is no match; runs of different global batches
+    are refused with the fix named; efficiency is multi / (N x per-GPU)."""
+    import ddp_eval
+    good = [3.0, 2.8, 2.6, 2.5, 2.4, 2.3, 2.2, 2.1]
+    runs = {"one": ddp_lines(1, 8, good, [3.0, 2.5, 2.2], 900.0),
+            "multi": ddp_lines(2, 4, [x * 1.05 for x in good], [3.0, 2.6, 2.31], 1800.0),
+            "per": ddp_lines(1, 4, good, [3.0, 2.5, 2.2], 1000.0), "bad": ddp_lines(1, 4, good, [3.0], 1.0)}
+    path = tmp_path / "m.jsonl"
+    with open(path, "w") as f:
+        for rid, lines in runs.items():
+            f.write("".join(json.dumps({"run": rid, **r}) + "\n" for r in lines))
+    args = ["--name=t", "--world=2", f"--multi={path}#multi", f"--per_gpu={path}#per", "--tok_window=0,8",
+            f"--out={tmp_path}"]
+    s = json.load(open(ddp_eval.main([f"--same_batch={path}#one", *args])))["summary"]
+    assert not s["loss"]["match"] and s["loss"]["train_late_rel_diff"] == pytest.approx(0.05)
+    assert s["scaling_efficiency"] == pytest.approx(0.9) and s["strong_speedup"] == pytest.approx(2.0)
+    with pytest.raises(SystemExit, match="batch_size = 2 x the per-rank"):
+        ddp_eval.main([f"--same_batch={path}#bad", *args])
