@@ -259,8 +259,9 @@ def sync(device_type):
 
 
 # ---- train ------------------------------------------------------------------------------------------------------
-def measure_train(cfg, data, T, batch, accum, steps, warmup, seed):
-    """Time `warmup` + `steps` optimizer steps of train.py's loop; return the timed steps only (see module doc)."""
+def measure_train(cfg, data, T, batch, accum, steps, warmup, seed, profiler=None):
+    """Time `warmup` + `steps` optimizer steps of train.py's loop; return the timed steps only (see module doc).
+    `profiler` (a torch.profiler.profile, not started): recorded over the timed steps only (scripts/profile_train.py)."""
     device = cfg["device"]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     if cfg.get("carry_state"):
@@ -303,6 +304,8 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed):
             sync(device_type)
             t_start = time.perf_counter()
             marks.append(_mark(device_type))
+            if profiler is not None:
+                profiler.start()
         for group in optimizer.param_groups:
             group["lr"] = cfg["learning_rate"] * group.get("lr_mult", 1.0)
         loss_acc = torch.zeros((), device=device)
@@ -335,6 +338,8 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed):
             marks.append(_mark(device_type))
     sync(device_type)
     wall = time.perf_counter() - t_start
+    if profiler is not None:
+        profiler.stop()
     last_loss = pending.tolist()[0]
     if device_type == "cuda":
         dts = [a.elapsed_time(b) / 1000 for a, b in zip(marks, marks[1:])]

@@ -17,7 +17,9 @@
 # Environment: PYTHON (python3); NPROC (default: the GPUs torch sees); MODELS (gpt2_124m,gf_mh_8m); ITERS (200);
 # PER_GPU_ITERS (120: the per_gpu run only times); TOK_WINDOW (50,120); WARMUP (40); BATCH_gpt2_124m (12),
 # BATCH_gf_mh_8m (64): per-rank; TOTAL_BUDGET (s, 570): each run gets at most what is left minus RESERVE (30) and
-# is stopped cleanly by SIGTERM at that limit; EFF_TARGET_gpt2_124m (0.95).
+# is stopped cleanly by SIGTERM at that limit; EFF_TARGET_gpt2_124m (0.95); RUNS (per_gpu,multi,same_batch: which
+# runs; ddp_eval.py needs all three) and "pair" in RUNS adds a control: two independent one-GPU runs at once (one
+# per GPU, no DDP, the per-rank batch), to tell DDP's own cost from what two busy processes cost the host.
 set -uo pipefail
 
 smoke=0
@@ -39,7 +41,7 @@ PY=${PYTHON:-python3}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 MODELS=${MODELS:-gpt2_124m,gf_mh_8m}
 ITERS=${ITERS:-200}; PER_GPU_ITERS=${PER_GPU_ITERS:-120}; TOK_WINDOW=${TOK_WINDOW:-50,120}; WARMUP=${WARMUP:-40}
-TOTAL_BUDGET=${TOTAL_BUDGET:-570}; RESERVE=${RESERVE:-30}
+TOTAL_BUDGET=${TOTAL_BUDGET:-570}; RESERVE=${RESERVE:-30}; RUNS=${RUNS:-per_gpu,multi,same_batch}
 day=$(date -u +%F)
 work=$(mktemp -d)
 mkdir -p "$work/results" "$work/runs" "$work/logs"
@@ -108,13 +110,22 @@ merged=results/${day}_${name}_metrics.jsonl
 : > "$merged"
 for m in ${MODELS//,/ }; do
   b=${BATCH[$m]}
-  train ${m}_per_gpu 1 $b $PER_GPU_ITERS default $m
-  train ${m}_multi $NPROC $b $ITERS default $m
-  train ${m}_same_batch 1 $(( NPROC * b )) $ITERS default $m
-  for r in per_gpu multi same_batch; do
+  [[ ,$RUNS, == *,per_gpu,* ]] && train ${m}_per_gpu 1 $b $PER_GPU_ITERS default $m
+  [[ ,$RUNS, == *,multi,* ]] && train ${m}_multi $NPROC $b $ITERS default $m
+  [[ ,$RUNS, == *,same_batch,* ]] && train ${m}_same_batch 1 $(( NPROC * b )) $ITERS default $m
+  if [[ ,$RUNS, == *,pair,* ]]; then  # the control: one independent process per GPU, all at once
+    for g in 0 1; do
+      if [ $smoke = 1 ]; then train ${m}_pair$g 1 $b $PER_GPU_ITERS default $m &
+      else CUDA_VISIBLE_DEVICES=$g train ${m}_pair$g 1 $b $PER_GPU_ITERS default $m & fi
+    done
+    wait
+  fi
+  for r in per_gpu multi same_batch pair0 pair1; do
     f=runs/${m}_$r/metrics.jsonl
     [ -f "$f" ] && sed "s/^{/{\"run\": \"${m}_$r\", /" "$f" >> "$merged"
   done
+  [ -f runs/${m}_per_gpu/metrics.jsonl ] && [ -f runs/${m}_multi/metrics.jsonl ] && \
+    [ -f runs/${m}_same_batch/metrics.jsonl ] || continue
   eff=(); [ -n "${EFF[$m]}" ] && eff=(--eff_target=${EFF[$m]})
   # the command recorded in the results file is the one to type in the repository root with the merged JSONL there
   (cd "$work" && $PY "$repo/scripts/ddp_eval.py" --name=${name}_$m --world=$NPROC --tok_window=$TOK_WINDOW \

@@ -1,0 +1,122 @@
+"""Where a training step's time goes: torch.profiler over bench.py's timed training steps (warm-up excluded).
+
+    python scripts/profile_train.py config/gf_mh_8m.py --T=256 --tokens_per_step=16384 --steps=10 --warmup=15
+    python scripts/profile_train.py config/gpt_8m.py --T=256 --name=profile_gpt_8m --compile_mode=default
+
+Runs bench.measure_train (train.py's step loop, the config's compile / dtype / fused AdamW) with the profiler
+recording only the timed steps, then writes results/<UTC date>_<name>.json: per step the wall time (median), the
+summed GPU kernel time and the number of kernel launches; the GPU time per kernel family (inductor-fused Triton,
+matmul, attention, WKV, Mamba SSD, optimizer, NCCL, copies, other) and the top kernels; the top CPU ops by self time.
+GPU busy / wall far below 1 means the step is bound by the host (launches, Python), not by the kernels. With CUDA
+graphs (compile_mode reduce-overhead) the profiler sees the replayed kernels; launches are then graph replays.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import statistics
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench  # noqa: E402
+from metrics import provenance  # noqa: E402
+
+FAMILIES = [  # first match wins; patterns on the kernel name, lower-cased
+    ("nccl", r"nccl"),
+    ("wkv", r"wkv"),
+    ("mamba_ssd", r"chunk_scan|chunk_state|state_passing|bmm_chunk|chunk_cumsum|layer_norm_fwd|layer_norm_bwd|"
+                  r"_layer_norm|selective|ssd"),
+    ("attention", r"flash|fmha|attention|sdpa"),
+    ("matmul", r"gemm|cutlass|sm90_|nvjet|cublas|xmma|matmul|wgmma"),
+    ("optimizer", r"adam|multi_tensor|foreach"),
+    ("inductor_triton", r"^triton_"),
+    ("copy_fill", r"copy|memcpy|memset|fill|cat_|elementwise_kernel"),
+]
+
+
+def family(name):
+    n = name.lower()
+    return next((f for f, pat in FAMILIES if re.search(pat, n)), "other")
+
+
+def summarize(prof, steps, step_s):
+    events = prof.key_averages()
+    cuda = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    gpu_us = sum(e.self_device_time_total for e in cuda)
+    fams = {}
+    for e in cuda:
+        f = fams.setdefault(family(e.key), dict(ms_per_step=0.0, launches_per_step=0.0))
+        f["ms_per_step"] += e.self_device_time_total / 1000 / steps
+        f["launches_per_step"] += e.count / steps
+    for f in fams.values():
+        f["share"] = f["ms_per_step"] * 1000 * steps / gpu_us if gpu_us else None
+    top = sorted(cuda, key=lambda e: -e.self_device_time_total)[:25]
+    top_cpu = sorted(cpu, key=lambda e: -e.self_cpu_time_total)[:15]
+    wall_ms = statistics.median(step_s) * 1000
+    gpu_ms = gpu_us / 1000 / steps
+    return dict(
+        steps=steps, wall_ms_per_step_median=wall_ms, gpu_kernel_ms_per_step=gpu_ms,
+        gpu_busy_fraction=gpu_ms / wall_ms if wall_ms else None,
+        kernel_launches_per_step=sum(e.count for e in cuda) / steps,
+        families=dict(sorted(fams.items(), key=lambda kv: -kv[1]["ms_per_step"])),
+        top_kernels=[dict(name=e.key[:160], family=family(e.key), ms_per_step=e.self_device_time_total / 1000 / steps,
+                          calls_per_step=e.count / steps) for e in top],
+        top_cpu_ops=[dict(name=e.key[:120], self_cpu_ms_per_step=e.self_cpu_time_total / 1000 / steps,
+                          calls_per_step=e.count / steps) for e in top_cpu])
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--T", type=int, default=256)
+    p.add_argument("--tokens_per_step", type=int, default=16384)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None)
+    p.add_argument("--out", default="results")
+    args, rest = p.parse_known_args(argv)
+    files = [a for a in rest if not a.startswith("-")]
+    if len(files) != 1:
+        raise SystemExit("error: give exactly one config file, e.g. config/gf_mh_8m.py")
+    if args.tokens_per_step % args.T:
+        raise SystemExit(f"error: --tokens_per_step={args.tokens_per_step} is not a multiple of --T={args.T}")
+    cfg = bench.load_config(rest)
+    device_type = "cuda" if str(cfg["device"]).startswith("cuda") else "cpu"
+    data = bench.Data(cfg["data_dir"], cfg["dataset"], cfg["device"])
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device_type == "cuda" else [])
+    prof = torch.profiler.profile(activities=acts)
+    r = bench.measure_train(cfg, data, args.T, args.tokens_per_step // args.T, 1, args.steps, args.warmup, args.seed,
+                            profiler=prof)
+    summary = summarize(prof, args.steps, r["step_s"])
+    prov = provenance(cfg["device"])
+    name = args.name or "profile_" + os.path.basename(files[0])[:-3]
+    summary.update(device_name=prov["device_name"], config=files[0], T=args.T, batch_size=r["batch_size"],
+                   tok_s_median=statistics.median(r["tok_s"]), backends=r["backends"])
+    doc = dict(schema=bench.SCHEMA, what="profile", name=name, command="python scripts/profile_train.py " + " ".join(argv),
+               git=prov["git"], device=prov["device"], device_name=prov["device_name"], driver=prov.get("driver"),
+               versions=prov["versions"], seeds=[args.seed], configs={files[0]: cfg},
+               notes=["the profiler records only the timed steps (after warm-up: compile and autotuning excluded); its "
+                      "own overhead slows the host side, so wall time here is a little above bench.py's"],
+               created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               raw=dict(step_s=r["step_s"]), summary=summary)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}_{name}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+    print(f"[profile] {name} on {prov['device_name']}: wall {summary['wall_ms_per_step_median']:.2f} ms/step, GPU kernels "
+          f"{summary['gpu_kernel_ms_per_step']:.2f} ms/step, {summary['kernel_launches_per_step']:.0f} launches/step")
+    for f, v in summary["families"].items():
+        print(f"[profile]   {f:<16} {v['ms_per_step']:8.3f} ms/step  {v['launches_per_step']:7.1f} launches/step")
+    for k in summary["top_kernels"][:12]:
+        print(f"[profile]   {k['ms_per_step']:8.3f} ms x{k['calls_per_step']:.0f} {k['name'][:100]}")
+    return path
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
