@@ -283,6 +283,7 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed, profiler=None
         # a fresh dynamo cache per measurement: compiling the same forward for many models / shapes would otherwise
         # hit dynamo's recompile limit and silently fall back to eager for the later configs
         torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # graph breaks of this measurement's compile only
     model = torch.compile(raw_model, mode=compile_mode(cfg)) if cfg["compile"] else raw_model
     params = [p for p in raw_model.parameters() if p.requires_grad]
     grad_clip = cfg["grad_clip"]
@@ -348,12 +349,17 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed, profiler=None
         dts = [b - a for a, b in zip(marks, marks[1:])]
         mem = None
     tokens = batch * accum * T
+    counters = torch._dynamo.utils.counters
+    # a graph break splits the step into several compiled graphs (with CUDA graphs: several replays, host work between)
+    breaks = {reason[:200]: n for reason, n in counters["graph_break"].items()}
     out = dict(T=T, batch_size=batch, grad_accum=accum, tokens_per_step=tokens, seed=seed, warmup=warmup,
                steps=steps, step_s=dts, tok_s=[tokens / d for d in dts], window_wall_s=wall,
                window_tok_s=tokens * steps / wall, mem_peak_mb=mem, final_loss=last_loss,
                loss_finite=math.isfinite(last_loss), inputs_sha256=digest.hexdigest(),
                backends=backends_of(raw_model, cfg, device_type, ptdtype),
-               num_params=raw_model.num_params(), flops_per_token=raw_model.flops_per_token(T))
+               num_params=raw_model.num_params(), flops_per_token=raw_model.flops_per_token(T),
+               compiled_graphs=counters["stats"]["unique_graphs"] if cfg["compile"] else None,
+               graph_breaks=sum(breaks.values()) if cfg["compile"] else None, graph_break_reasons=breaks)
     del model, raw_model, optimizer, ema_params
     if device_type == "cuda":
         torch.cuda.empty_cache()
@@ -393,7 +399,10 @@ def run_train(opts, labels, cfgs, datas):
                 r = measure_train(cfg, datas[cfg["dataset"]], T, batch, accum, opts["steps"], opts["warmup"], seed)
                 raw[label].append(r)
                 print(f"[bench]   median {statistics.median(r['tok_s']):,.0f} tok/s, window "
-                      f"{r['window_tok_s']:,.0f} tok/s, peak mem {r['mem_peak_mb']} MiB", flush=True)
+                      f"{r['window_tok_s']:,.0f} tok/s, peak mem {r['mem_peak_mb']} MiB, compiled graphs "
+                      f"{r['compiled_graphs']}, graph breaks {r['graph_breaks']}", flush=True)
+                for reason, n in list(r["graph_break_reasons"].items())[:5]:
+                    print(f"[bench]   graph break x{n}: {reason}", flush=True)
     rows = []
     for label in labels:
         for T, batch, accum in shapes[label]:

@@ -8,6 +8,7 @@ A run's metrics.jsonl holds, one JSON object per line, each with a "kind":
 train_time_s is cumulative training wall-clock, excluding eval and checkpointing. Gates and README tables read
 only this file, so a number that is not in it does not exist.
 """
+import importlib.metadata
 import json
 import os
 import platform
@@ -76,17 +77,24 @@ def device_info(device):
     return info
 
 
+# optional packages are looked up by their installed distribution, never imported here: `import mamba_ssm` without
+# its Mamba-1 extension fails half way, and a failed import before mamba2.py's own (which stubs that extension first)
+# would silently switch the model to the built-in SSD (seen on the GPU box: bench.py ran the built-in path)
+DISTRIBUTIONS = {"numpy": ("numpy",), "triton": ("triton",), "tiktoken": ("tiktoken",), "mamba_ssm": ("mamba_ssm", "mamba-ssm"),
+                 "causal_conv1d": ("causal_conv1d", "causal-conv1d"), "fla": ("fla-core", "flash-linear-attention")}
+
+
 def versions():
     v = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    for name in ("numpy", "triton", "tiktoken", "mamba_ssm", "causal_conv1d", "fla"):
+    for name, dists in DISTRIBUTIONS.items():
         mod = sys.modules.get(name)
-        if mod is None:
+        v[name] = str(getattr(mod, "__version__", "unknown")) if mod is not None else None
+        for dist in dists if mod is None else ():
             try:
-                mod = __import__(name)
-            except Exception:  # optional packages: absent, or present but unusable on this machine
-                v[name] = None
+                v[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
                 continue
-        v[name] = str(getattr(mod, "__version__", "unknown"))  # str(): torch's TorchVersion is not weights_only-safe
     return v
 
 

@@ -15,6 +15,9 @@ tok/s = the median of the logged per-step tok/s with iter in --tok_window (train
 tokens). The loss match: at every iteration both runs logged, |train loss difference|; at every common eval,
 |val loss difference| / val loss. "match" holds when every eval's relative difference and the mean train-loss
 difference over the last half of the common iterations (relative to the mean loss there) are <= --match_tol.
+--control=A,B (optional): one-GPU runs of the per-rank batch that ran AT THE SAME TIME, one per GPU, without DDP
+(device_ddp.sh RUNS=pair): their tok/s against per_gpu's says how much two busy processes cost each other on the
+host, apart from DDP's communication (control_vs_per_gpu; ddp_vs_control = multi per GPU / control).
 Peak memory is rank 0's torch.cuda.max_memory_allocated (train.py logs rank 0 only; the ranks are symmetric).
 Writes results/<UTC date>_<name>.json in bench.py's layout (what="ddp"); scripts/make_tables.py renders it.
 """
@@ -22,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
 import sys
 
@@ -97,6 +101,17 @@ def evaluate(args):
     if any(r["tok_s_median"] is None for r in runs.values()):
         raise SystemExit(f"error: a run logged no step with iter in --tok_window={args.tok_window}")
     eff = multi["tok_s_median"] / (n * per["tok_s_median"])
+    control = None
+    if args.control:
+        ctl = [describe(spec, window) for spec in args.control.split(",") if spec]
+        if any(c["tokens_per_iter"] != per["tokens_per_iter"] or c["world_size"] != 1 for c in ctl):
+            raise SystemExit("error: --control runs must be one-process runs of the per-rank batch")
+        if any(c["tok_s_median"] is None for c in ctl):
+            raise SystemExit(f"error: a --control run logged no step with iter in --tok_window={args.tok_window}")
+        mean = statistics.mean(c["tok_s_median"] for c in ctl)
+        control = dict(runs=[c["spec"] for c in ctl], tok_s=[c["tok_s_median"] for c in ctl], tok_s_mean=mean,
+                       control_vs_per_gpu=mean / per["tok_s_median"], ddp_vs_control=multi["tok_s_median"] / n / mean,
+                       devices=sorted({str(c["device_name"]) for c in ctl}))
     summary = dict(
         device_name=devices[0], world=n, model_type=multi["config"].get("model_type"),
         per_rank_batch=f"{multi['batch_size']} x {multi['block_size']}", tokens_per_step=multi["tokens_per_iter"],
@@ -109,7 +124,7 @@ def evaluate(args):
                          same_batch_one=one["mem_peak_mb"]),
         compile=dict((k, r["backends"].get("compile") if r["backends"] else None) for k, r in runs.items()),
         loss=compare_losses(one, multi, args.match_tol),
-        end_reasons={k: r["end_reason"] for k, r in runs.items()})
+        end_reasons={k: r["end_reason"] for k, r in runs.items()}, control=control)
     notes = ["scaling_efficiency = multi tok/s / (world x per_gpu_one tok/s), each the median of the logged steps "
              f"with {window[0]} <= iter <= {window[1]}; strong_speedup = multi / same_batch_one (same global batch)",
              "train.py compiles without CUDA graphs under DDP (mode default); the one-GPU runs' compile mode is in "
@@ -129,6 +144,8 @@ def main(argv):
     p.add_argument("--tok_window", default="50,200")
     p.add_argument("--match_tol", type=float, default=0.01)
     p.add_argument("--eff_target", type=float, default=None)
+    p.add_argument("--control", default=None, help="FILE#RUN,FILE#RUN: concurrent independent one-GPU runs")
+    p.add_argument("--note", action="append", default=[], help="a note recorded in the results file (repeatable)")
     p.add_argument("--out", default="results")
     args = p.parse_args(argv)
     for spec in (args.same_batch, args.multi, args.per_gpu):
@@ -137,9 +154,9 @@ def main(argv):
     raw, summary, notes = evaluate(args)
     first = raw["multi"]
     doc = dict(schema=bench.SCHEMA, what="ddp", name=args.name,
-               command="python scripts/ddp_eval.py " + " ".join(argv), git=first["git"],
+               command="python scripts/ddp_eval.py " + shlex.join(argv), git=first["git"],
                device_name=summary["device_name"], seeds=sorted({r["seed"] for r in raw.values()}, key=str),
-               notes=notes, created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               notes=notes + args.note, created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                raw=raw, summary=summary)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}_{args.name}.json")

@@ -146,16 +146,38 @@ def ddp_section(docs):
         rows.append([d["name"], s["device_name"], s["world"], s["per_rank_batch"], fixed(t["per_gpu_one"], 0),
                      fixed(t["multi"], 0), fixed(t["multi_per_gpu"], 0), fixed(s["scaling_efficiency"], 3) + target,
                      f"{sig(mem['per_gpu_one'])} / {sig(mem['multi_rank0'])}",
-                     f"{'yes' if lo['match'] else 'NO'}: late train Δ {lo['train_late_rel_diff'] * 100:.2f}%, val Δ ≤ "
-                     f"{max((e['rel_diff'] for e in lo['evals']), default=float('nan')) * 100:.2f}% "
-                     f"(iters {lo['first_iter']}–{lo['last_iter']})", link(rel)])
+                     f"{'yes' if lo['match'] else 'NO'}: late train Δ {fixed(lo['train_late_rel_diff'], 4)}, val Δ ≤ "
+                     f"{fixed(max((e['rel_diff'] for e in lo['evals']), default=float('nan')), 4)} "
+                     f"(iters {lo['first_iter']}–{lo['last_iter']})",
+                     "–" if not s.get("control") else f"{fixed(s['control']['tok_s_mean'], 0)} "
+                     f"({fixed(s['control']['control_vs_per_gpu'], 2)}× alone)", link(rel)])
     return ("### Multi-GPU (DDP, scripts/ddp_eval.py)\n\nOne GPU at the per-rank batch vs torchrun on N GPUs (gradient "
             "accumulation 1 per rank), medians of the logged per-step tok/s (all ranks' tokens); efficiency = "
             "N-GPU tok/s ÷ (N × one-GPU tok/s); peak memory = torch.cuda.max_memory_allocated (one GPU / rank 0). "
             "Loss match: the one-GPU run with the same global batch (the same windows, dropout 0) vs the DDP run: mean "
-            "|train loss difference| over the last half of the steps and the largest eval difference, relative.\n\n" +
+            "|train loss difference| over the last half of the steps and the largest eval difference, relative. Control: "
+            "two independent one-GPU runs at the same time, one per GPU, no DDP (tok/s each, mean; and against the "
+            "one-GPU run alone): what two busy processes cost each other on the host.\n\n" +
             table(["run", "device", "GPUs", "batch per rank", "one-GPU tok/s", "N-GPU tok/s", "tok/s per GPU",
-                   "efficiency", "peak MiB (1 / N)", "loss match", "results"], rows))
+                   "efficiency", "peak MiB (1 / N)", "loss match", "control: 2 × 1 GPU at once", "results"], rows))
+
+
+def profile_section(docs):
+    """scripts/profile_train.py files: where one compiled training step's time goes."""
+    rows = []
+    for rel, d in docs:
+        s = d["summary"]
+        fams = ", ".join(f"{k} {v['ms_per_step']:.1f}" for k, v in list(s["families"].items())[:5])
+        rows.append([s["config"], s["device_name"], f"{s['T']} × {s['batch_size']}",
+                     f"{backends(s['backends'])}, compile={s['backends'].get('compile')}",
+                     fixed(s["wall_ms_per_step_median"], 1), fixed(s["gpu_kernel_ms_per_step"], 1),
+                     fixed(s["kernel_launches_per_step"], 0),
+                     "not recorded" if s.get("graph_breaks") is None else s["graph_breaks"], fams, link(rel)])
+    return ("### Profiles (scripts/profile_train.py)\n\ntorch.profiler over bench.py's timed training steps (warm-up "
+            "excluded); GPU kernel time summed per step and by kernel family (ms per step). Wall time includes the "
+            "profiler's own host overhead.\n\n" +
+            table(["config", "device", "T × batch", "backends", "wall ms/step", "GPU kernel ms/step", "launches/step",
+                   "graph breaks", "GPU ms by family", "results"], rows))
 
 
 def depth_key(k):
@@ -296,6 +318,9 @@ def render(results_dir):
     ddp = by("ddp")
     if ddp:
         parts.append(ddp_section(ddp))
+    prof = by("profile")
+    if prof:
+        parts.append(profile_section(prof))
     rec = by("recursive")
     if rec:
         parts.append(recursive_section(rec))

@@ -44,7 +44,9 @@ def family(name):
 
 def summarize(prof, steps, step_s):
     events = prof.key_averages()
-    cuda = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    # GPU-side user annotations (e.g. "Optimizer.step#AdamW.step", a range spanning the optimizer's kernels) are not
+    # kernels: counting them would count those kernels twice
+    cuda = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
     gpu_us = sum(e.self_device_time_total for e in cuda)
     fams = {}
@@ -95,7 +97,9 @@ def main(argv):
     prov = provenance(cfg["device"])
     name = args.name or "profile_" + os.path.basename(files[0])[:-3]
     summary.update(device_name=prov["device_name"], config=files[0], T=args.T, batch_size=r["batch_size"],
-                   tok_s_median=statistics.median(r["tok_s"]), backends=r["backends"])
+                   tok_s_median=statistics.median(r["tok_s"]), backends=r["backends"],
+                   compiled_graphs=r["compiled_graphs"], graph_breaks=r["graph_breaks"],
+                   graph_break_reasons=r["graph_break_reasons"])
     doc = dict(schema=bench.SCHEMA, what="profile", name=name, command="python scripts/profile_train.py " + " ".join(argv),
                git=prov["git"], device=prov["device"], device_name=prov["device_name"], driver=prov.get("driver"),
                versions=prov["versions"], seeds=[args.seed], configs={files[0]: cfg},
@@ -110,7 +114,10 @@ def main(argv):
         f.write("\n")
     os.replace(path + ".tmp", path)
     print(f"[profile] {name} on {prov['device_name']}: wall {summary['wall_ms_per_step_median']:.2f} ms/step, GPU kernels "
-          f"{summary['gpu_kernel_ms_per_step']:.2f} ms/step, {summary['kernel_launches_per_step']:.0f} launches/step")
+          f"{summary['gpu_kernel_ms_per_step']:.2f} ms/step, {summary['kernel_launches_per_step']:.0f} launches/step, "
+          f"{summary['compiled_graphs']} compiled graphs, {summary['graph_breaks']} graph breaks")
+    for reason, n in list(summary["graph_break_reasons"].items())[:8]:
+        print(f"[profile]   graph break x{n}: {reason}")
     for f, v in summary["families"].items():
         print(f"[profile]   {f:<16} {v['ms_per_step']:8.3f} ms/step  {v['launches_per_step']:7.1f} launches/step")
     for k in summary["top_kernels"][:12]:

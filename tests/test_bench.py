@@ -363,3 +363,40 @@ def test_git_info_keeps_the_launchers_sha(monkeypatch, tmp_path):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     info = metrics.git_info()
     assert info["sha"] == "0123abc" and "LAB_GIT_SHA" in info["source"]
+
+
+def test_versions_never_import_optional_packages(tmp_path, monkeypatch):
+    """metrics.versions() reads optional packages' versions from their installed metadata: importing mamba_ssm there
+    (which fails half way without its Mamba-1 extension) made mamba2.py's later import fail too, and bench.py then
+    timed the built-in SSD instead of mamba-ssm's. A package whose import would fail still gets its version."""
+    import sys
+    import metrics
+    pkg = tmp_path / "mamba_ssm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import selective_scan_cuda_that_is_not_built\n__version__ = '9.9.9'\n")
+    info = tmp_path / "mamba_ssm-9.9.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mamba_ssm\nVersion: 9.9.9\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mamba_ssm", raising=False)
+    v = metrics.versions()
+    assert v["mamba_ssm"] == "9.9.9"
+    assert "mamba_ssm" not in sys.modules
+    assert v["numpy"] is not None and v["causal_conv1d"] is None
+
+
+def test_train_measurement_counts_graph_breaks(tiny_data, tmp_path, monkeypatch):
+    """A graph break splits the compiled step (with CUDA graphs: several replays with host work between), which is
+    how a model can be far slower compiled than its kernels: bench.py reports the count and the reasons."""
+    mlp_forward = M.MLP.forward
+
+    def broken(self, x):
+        bench.torch._dynamo.graph_break()
+        return mlp_forward(self, x)
+    monkeypatch.setattr(M.MLP, "forward", broken)
+    doc = json.load(open(bench.main(["config/quickstart.py", *TINY[:5], "--device=cpu", "--dtype=float32",
+                                     "--compile=True", f"--data_dir={tiny_data}", "--dataset=stdlib_char",
+                                     "--steps=1", "--warmup=1", f"--out={tmp_path}", "--name=gb"])))
+    (r,) = doc["raw"]["quickstart"]
+    assert r["graph_breaks"] >= 2 and r["compiled_graphs"] >= 3, (r["graph_breaks"], r["compiled_graphs"])
+    assert any("graph_break" in k for k in r["graph_break_reasons"]), r["graph_break_reasons"]

@@ -94,3 +94,21 @@ def test_generate_with_nonfinite_logits_is_an_error():
         m.head.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="nan/inf logits"):
         m.generate(torch.zeros(1, 2, dtype=torch.long), 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("wkv_backend,mamba_backend", [("auto", "auto"), ("cuda", "torch"), ("triton", "torch"),
+                                                       ("triton", "auto")])
+def test_training_forward_traces_without_graph_breaks_on_cuda(wkv_backend, mamba_backend, monkeypatch):
+    """The CPU test above cannot see the CUDA-only code: the WKV kernels' dispatch, mamba-ssm's ops, bf16 autocast on
+    CUDA. An H200 profile of gf_mh_8m (results/2026-11-23_profile_gf_mh_8m_h200_graphs.json) showed ~6 compiled
+    graphs per layer per step, so something there breaks the graph; the reasons are printed here."""
+    monkeypatch.setattr(wkv6, "_printed", set())
+    m = tiny("GF-MH", wkv_backend=wkv_backend, mamba_backend=mamba_backend, dropout=0.1, n_embd=64, rwkv_head_size=32,
+             ssd_chunk=16).cuda().train()  # head size 32: the CUDA kernel's smallest
+    idx = torch.randint(0, 23, (2, 64), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    torch._dynamo.reset()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ex = torch._dynamo.explain(lambda x, y: m(x, y)[1])(idx, idx)
+    torch._dynamo.reset()
+    assert ex.graph_break_count == 0 and ex.graph_count == 1, [(b.reason, str(b.user_stack[-1:])) for b in ex.break_reasons]
