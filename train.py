@@ -79,6 +79,7 @@ dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 compile = torch.cuda.is_available()
 compile_mode = "auto"     # auto: reduce-overhead (CUDA graphs) for one CUDA process, else default | any torch mode
 backend = "auto"          # auto (nccl on cuda, gloo on cpu) | nccl | gloo
+ddp_bucket_mb = 25.0      # DDP's gradient bucket (MiB, PyTorch's default): bigger = fewer all-reduces, less overlap
 # -----------------------------------------------------------------------------
 
 
@@ -252,7 +253,7 @@ if compile_mode == "auto":  # CUDA graphs remove the per-kernel launch cost that
 model = torch.compile(raw_model, mode=compile_mode) if compile else raw_model
 if ddp:
     from torch.nn.parallel import DistributedDataParallel as DDP
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, bucket_cap_mb=ddp_bucket_mb)
 
 backends = {"device_type": device_type, "dtype": dtype, "compile": compile_mode if compile else False, "world_size": world}
 if hasattr(raw_model, "backends"):

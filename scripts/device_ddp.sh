@@ -19,7 +19,8 @@
 # BATCH_gf_mh_8m (64): per-rank; TOTAL_BUDGET (s, 570): each run gets at most what is left minus RESERVE (30) and
 # is stopped cleanly by SIGTERM at that limit; EFF_TARGET_gpt2_124m (0.95); RUNS (per_gpu,multi,same_batch: which
 # runs; ddp_eval.py needs all three) and "pair" in RUNS adds a control: two independent one-GPU runs at once (one
-# per GPU, no DDP, the per-rank batch), to tell DDP's own cost from what two busy processes cost the host.
+# per GPU, no DDP, the per-rank batch), to tell DDP's own cost from what two busy processes cost the host;
+# TRAIN_ARGS: extra train.py options for every run (e.g. "--ddp_bucket_mb=100"; NAME_SUFFIX names such a variant).
 set -uo pipefail
 
 smoke=0
@@ -57,7 +58,7 @@ if [ $smoke = 1 ]; then
   declare -A BATCH=([gpt2_124m]=2 [gf_mh_8m]=2)
   declare -A EXTRA=([gpt2_124m]="--dataset=stdlib_char" [gf_mh_8m]="--rwkv_head_size=16 --d_state=8 --mamba_headdim=16 --ssd_chunk=16")
 else
-  NPROC=${NPROC:-$($PY -c 'import torch; print(torch.cuda.device_count())')}; name=ddp
+  NPROC=${NPROC:-$($PY -c 'import torch; print(torch.cuda.device_count())')}; name=ddp${NAME_SUFFIX:-}
   common=(--eval_iters=20 --log_interval=5)
   declare -A BATCH=([gpt2_124m]=${BATCH_gpt2_124m:-12} [gf_mh_8m]=${BATCH_gf_mh_8m:-64})
   declare -A EXTRA=([gpt2_124m]="" [gf_mh_8m]="")
@@ -97,7 +98,7 @@ train() {  # id nproc batch iters compile_mode model: one train.py run, stopped 
   local cmd=("${launch[@]}" "$repo/train.py" config/$m.py "${common[@]}" ${EXTRA[$m]} --out_dir=runs/$id
              --batch_size=$b --gradient_accumulation_steps=1 --max_iters=$it --lr_decay_iters=$ITERS
              --warmup_iters=$WARMUP --eval_interval=$(( ITERS / 2 )) --dropout=0.0 --seed=1337 --plot=False
-             --compile_mode=$cm)
+             --compile_mode=$cm ${TRAIN_ARGS:-})
   echo "[ddp] $id (limit ${limit}s): ${cmd[*]}" | sed "s|$repo/||g"
   timeout -s TERM -k 30 $limit "${cmd[@]}" > logs/$id.log 2>&1
   rc=$?

@@ -394,9 +394,9 @@ def test_train_measurement_counts_graph_breaks(tiny_data, tmp_path, monkeypatch)
         bench.torch._dynamo.graph_break()
         return mlp_forward(self, x)
     monkeypatch.setattr(M.MLP, "forward", broken)
-    doc = json.load(open(bench.main(["config/quickstart.py", *TINY[:5], "--device=cpu", "--dtype=float32",
+    doc = json.load(open(bench.main(["config/quickstart.py", *TINY[1:5], "--n_layer=1", "--device=cpu", "--dtype=float32",
                                      "--compile=True", f"--data_dir={tiny_data}", "--dataset=stdlib_char",
                                      "--steps=1", "--warmup=1", f"--out={tmp_path}", "--name=gb"])))
     (r,) = doc["raw"]["quickstart"]
-    assert r["graph_breaks"] >= 2 and r["compiled_graphs"] >= 3, (r["graph_breaks"], r["compiled_graphs"])
+    assert r["graph_breaks"] >= 1 and r["compiled_graphs"] >= 2, (r["graph_breaks"], r["compiled_graphs"])
     assert any("graph_break" in k for k in r["graph_break_reasons"]), r["graph_break_reasons"]

@@ -149,11 +149,13 @@ def test_device_ddp_smoke(tmp_path):
     run and the DDP run see the same windows, so their losses agree to float rounding; efficiency is computed from
     the runs' logged tok/s; every file comes back flat."""
     out = tmp_path / "out"
-    p = run_script(["scripts/device_ddp.sh", "--smoke", str(corpus(tmp_path)), "-", str(out)], timeout=400)
+    # one model (the hybrid: the GPT's DDP equivalence is tests/test_train.py's) keeps the CPU suite short
+    p = run_script(["scripts/device_ddp.sh", "--smoke", str(corpus(tmp_path)), "-", str(out)], timeout=400,
+                   env=dict(MODELS="gf_mh_8m"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     files = flat_results(out)
-    assert len(files) == 4
-    for m in ("gpt2_124m", "gf_mh_8m"):
+    assert len(files) == 3
+    for m in ("gf_mh_8m",):
         d = json.load(open(glob.glob(str(out / f"*_ddp_smoke_{m}.json"))[0]))
         s = d["summary"]
         assert d["what"] == "ddp" and s["world"] == 2 and s["loss"]["match"] and s["loss"]["common_iters"] == 8
@@ -162,7 +164,7 @@ def test_device_ddp_smoke(tmp_path):
         assert raw["multi"]["world_size"] == 2 and raw["multi"]["tokens_per_iter"] == raw["same_batch"]["tokens_per_iter"]
         assert s["scaling_efficiency"] == pytest.approx(s["tok_s"]["multi"] / (2 * s["tok_s"]["per_gpu_one"]))
     st = json.load(open(glob.glob(str(out / "*_ddp_smoke_status.json"))[0]))
-    assert len(st["runs"]) == 6 and all(r["rc"] == "0" for r in st["runs"].values())
+    assert len(st["runs"]) == 3 and all(r["rc"] == "0" for r in st["runs"].values())
     assert st["env"]["NCCL_NVLS_ENABLE"] == "0"
     import make_tables
     (tmp_path / "results").mkdir()

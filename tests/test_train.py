@@ -43,7 +43,8 @@ def test_ddp_matches_single_process(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "one", *common, "--batch_size=8")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     p = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
-                        f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'two'}", *common, "--batch_size=4"],
+                        f"--data_dir={tiny_data}", f"--out_dir={tmp_path / 'two'}", *common, "--batch_size=4",
+                        "--ddp_bucket_mb=0.01"],  # tiny buckets: several all-reduces per step, same result
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
