@@ -301,16 +301,23 @@ def _triton_ok(N):
         return False
 
 
+_AUTO = {}  # (device type, N) -> the backend 'auto' picked: looked up first, so a compiled forward reads a constant
+# instead of tracing the availability checks (which build/load the extension and catch its exceptions)
+
+
 def wkv6_backend(device, N=64) -> str:
     """Which backend 'auto' picks for tensors on `device` with head size N (for log headers)."""
     device = torch.device(device)
     if device.type != 'cuda':
-        return 'torch'
-    if _cuda_ok(N):
-        return 'cuda'
-    if _triton_ok(N):
-        return 'triton'
-    return 'torch'
+        pick = 'torch'
+    elif _cuda_ok(N):
+        pick = 'cuda'
+    elif _triton_ok(N):
+        pick = 'triton'
+    else:
+        pick = 'torch'
+    _AUTO[(device.type, N)] = pick
+    return pick
 
 
 def wkv6(r, k, v, w, u, state=None, *, backend="auto"):
@@ -322,7 +329,7 @@ def wkv6(r, k, v, w, u, state=None, *, backend="auto"):
         raise ValueError(f"wkv6: unknown backend '{backend}'; use auto|cuda|triton|torch|naive")
     N = r.shape[-1]
     if backend == "auto":
-        backend = wkv6_backend(r.device, N)
+        backend = _AUTO.get((r.device.type, N)) or wkv6_backend(r.device, N)
         if not torch.compiler.is_compiling():  # print() is a graph break: one per layer, kept in the compiled code
             _say_once(f"wkv6: using backend '{backend}' on {r.device.type} (head size {N})")
     if backend == "naive":

@@ -112,3 +112,21 @@ def test_training_forward_traces_without_graph_breaks_on_cuda(wkv_backend, mamba
         ex = torch._dynamo.explain(lambda x, y: m(x, y)[1])(idx, idx)
     torch._dynamo.reset()
     assert ex.graph_break_count == 0 and ex.graph_count == 1, [(b.reason, str(b.user_stack[-1:])) for b in ex.break_reasons]
+
+
+def test_auto_wkv_backend_is_decided_once(monkeypatch):
+    """'auto' is resolved once per (device type, head size) and then read from a table: the availability checks
+    (building/loading the CUDA extension, catching its errors) never run inside a compiled forward."""
+    m = tiny("GF-MH", wkv_backend="auto")
+    idx = torch.randint(0, 23, (2, 16), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(wkv6, "_AUTO", {})
+    with torch.no_grad():
+        want, _ = m(idx, idx)
+    assert wkv6._AUTO == {("cpu", 16): "torch"}
+
+    def forbidden(*a, **k):
+        raise AssertionError("wkv6_backend ran again after 'auto' was decided")
+    monkeypatch.setattr(wkv6, "wkv6_backend", forbidden)
+    with torch.no_grad():
+        got, _ = m(idx, idx)
+    assert torch.equal(got, want)
