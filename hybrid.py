@@ -408,6 +408,11 @@ class Hybrid(nn.Module):
         with torch.no_grad():  # RWKV-LM generate_init_weight: small embedding (+ ln0), orthogonal head
             nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
             nn.init.orthogonal_(self.head.weight, gain=0.5 * math.sqrt(V / C) if V > C else 0.5)
+        if torch.cuda.is_available():
+            # decide the CUDA paths now, eagerly (import mamba-ssm, load/build the WKV extension): done for the first
+            # time inside torch.compile's trace, that work breaks the compiled graph at every layer for good (seen in
+            # an H200 profile: ~6 graphs per layer per step; reproduced on CPU with the real mamba-ssm package)
+            self.backends("cuda")
 
     # ---- protocol
     def forward(self, idx, targets=None, *, state=None, return_state=False, _collect=None):

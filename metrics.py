@@ -78,8 +78,8 @@ def device_info(device):
 
 
 # optional packages are looked up by their installed distribution, never imported here: `import mamba_ssm` without
-# its Mamba-1 extension fails half way, and a failed import before mamba2.py's own (which stubs that extension first)
-# would silently switch the model to the built-in SSD (seen on the GPU box: bench.py ran the built-in path)
+# its Mamba-1 extension fails half way, and which optional code a model loads (and when: never first inside a
+# torch.compile trace) is the model's business, not the log header's
 DISTRIBUTIONS = {"numpy": ("numpy",), "triton": ("triton",), "tiktoken": ("tiktoken",), "mamba_ssm": ("mamba_ssm", "mamba-ssm"),
                  "causal_conv1d": ("causal_conv1d", "causal-conv1d"), "fla": ("fla-core", "flash-linear-attention")}
 

@@ -366,9 +366,9 @@ def test_git_info_keeps_the_launchers_sha(monkeypatch, tmp_path):
 
 
 def test_versions_never_import_optional_packages(tmp_path, monkeypatch):
-    """metrics.versions() reads optional packages' versions from their installed metadata: importing mamba_ssm there
-    (which fails half way without its Mamba-1 extension) made mamba2.py's later import fail too, and bench.py then
-    timed the built-in SSD instead of mamba-ssm's. A package whose import would fail still gets its version."""
+    """metrics.versions() reads optional packages' versions from their installed metadata and imports nothing: an
+    `import mamba_ssm` for the log header fails half way without the Mamba-1 extension, and loading optional code is
+    the model's business (hybrid.py does it when built). A package whose import would fail still gets its version."""
     import sys
     import metrics
     pkg = tmp_path / "mamba_ssm"

@@ -130,3 +130,16 @@ def test_auto_wkv_backend_is_decided_once(monkeypatch):
     with torch.no_grad():
         got, _ = m(idx, idx)
     assert torch.equal(got, want)
+
+
+def test_cuda_paths_are_decided_when_the_model_is_built(monkeypatch):
+    """On a CUDA machine the model decides its WKV and Mamba paths at construction, outside any torch.compile trace
+    (a first mamba-ssm import inside the trace is a graph break baked into every layer's compiled code). Simulated
+    on CPU: with CUDA reported available, building the model fills the 'auto' table and loads (or rules out) the
+    mamba-ssm ops before any forward."""
+    monkeypatch.setattr(wkv6, "_AUTO", {})
+    monkeypatch.setattr(mamba2, "_LIB", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(wkv6, "_cuda_state", {"err": "simulated: no CUDA kernel"})
+    tiny("GF-MH", wkv_backend="auto")
+    assert ("cuda", 16) in wkv6._AUTO and mamba2._LIB is not None
