@@ -172,15 +172,17 @@ def spread(xs):
 
 
 # ---- results files ----------------------------------------------------------------------------------------------
-def write_results(out_dir, name, what, device, seeds, configs, raw, summary, notes=(), prov=None, argv=None):
+def write_results(out_dir, name, what, device, seeds, configs, raw, summary, notes=(), prov=None, argv=None,
+                  script="bench.py"):
     """results/<UTC date>_<name>.json. `summary` must carry device_name (the device the numbers belong to).
-    `argv`: bench.py's arguments (default sys.argv[1:]); the command is recorded as `<python> bench.py ARGS`."""
+    `argv`: the script's arguments (default sys.argv[1:]); the command is recorded as `<python> SCRIPT ARGS`
+    (scripts/ddp_eval.py and scripts/profile_train.py write their files here too)."""
     prov = prov or provenance(device)
     summary = dict(summary)
     summary.setdefault("device_name", prov["device_name"])
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or what
     # the command re-quoted (provenance joins argv with spaces, which breaks --gate_device="NVIDIA H100 ...")
-    command = shlex.join([os.path.basename(sys.executable), "bench.py", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join([os.path.basename(sys.executable), script, *(sys.argv[1:] if argv is None else argv)])
     doc = dict(schema=SCHEMA, what=what, name=name, command=command, git=prov["git"],
                device=prov["device"], device_name=prov["device_name"], driver=prov.get("driver"),
                cuda=prov.get("cuda"), versions=prov["versions"], seeds=list(seeds), configs=configs,

@@ -84,17 +84,19 @@ DISTRIBUTIONS = {"numpy": ("numpy",), "triton": ("triton",), "tiktoken": ("tikto
                  "causal_conv1d": ("causal_conv1d", "causal-conv1d"), "fla": ("fla-core", "flash-linear-attention")}
 
 
+def _installed(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def versions():
     v = {"python": platform.python_version(), "torch": str(torch.__version__)}
     for name, dists in DISTRIBUTIONS.items():
-        mod = sys.modules.get(name)
-        v[name] = str(getattr(mod, "__version__", "unknown")) if mod is not None else None
-        for dist in dists if mod is None else ():
-            try:
-                v[name] = importlib.metadata.version(dist)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
+        v[name] = next(filter(None, map(_installed, dists)), None)
+        if v[name] is None and name in sys.modules:  # imported from a path that has no metadata
+            v[name] = str(getattr(sys.modules[name], "__version__", "unknown"))
     return v
 
 

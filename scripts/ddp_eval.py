@@ -19,13 +19,10 @@ difference over the last half of the common iterations (relative to the mean los
 (device_ddp.sh RUNS=pair): their tok/s against per_gpu's says how much two busy processes cost each other on the
 host, apart from DDP's communication (control_vs_per_gpu; ddp_vs_control = multi per GPU / control).
 Peak memory is rank 0's torch.cuda.max_memory_allocated (train.py logs rank 0 only; the ranks are symmetric).
-Writes results/<UTC date>_<name>.json in bench.py's layout (what="ddp"); scripts/make_tables.py renders it.
+Writes results/<UTC date>_<name>.json through bench.write_results (what="ddp"); scripts/make_tables.py renders it.
 """
 import argparse
-import datetime
-import json
 import os
-import shlex
 import statistics
 import sys
 
@@ -131,7 +128,7 @@ def evaluate(args):
              "summary.compile: compare like with like",
              "mem_peak_mb: torch.cuda.max_memory_allocated of rank 0 (multi) / the process (one-GPU runs)"]
     raw = {k: {kk: vv for kk, vv in r.items() if kk != "_summary"} for k, r in runs.items()}
-    return raw, summary, notes
+    return raw, summary, notes, [r["_summary"] for r in runs.values()]
 
 
 def main(argv):
@@ -151,29 +148,17 @@ def main(argv):
     for spec in (args.same_batch, args.multi, args.per_gpu):
         if not os.path.exists(spec.partition("#")[0]):
             raise SystemExit(f"error: metrics file {spec.partition('#')[0]} not found")
-    raw, summary, notes = evaluate(args)
-    first = raw["multi"]
-    doc = dict(schema=bench.SCHEMA, what="ddp", name=args.name,
-               command="python scripts/ddp_eval.py " + shlex.join(argv), git=first["git"],
-               device_name=summary["device_name"], seeds=sorted({r["seed"] for r in raw.values()}, key=str),
-               notes=notes + args.note, created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               raw=raw, summary=summary)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}_{args.name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    raw, summary, notes, per_run = evaluate(args)
+    # device, driver and versions from the runs' metrics headers; git: the runs' (the measured code), not this script's
+    prov = {**bench.runs_provenance(per_run), "git": raw["multi"]["git"]}
+    path = bench.write_results(args.out, args.name, "ddp", None, sorted({r["seed"] for r in raw.values()}, key=str), {},
+                               raw, summary, notes + args.note, prov=prov, argv=argv, script="scripts/ddp_eval.py")
     lo = summary["loss"]
-    print(f"[ddp] {args.name} on {summary['device_name']}: {n_fmt(summary['tok_s']['multi'])} tok/s on {args.world} "
-          f"GPUs vs {n_fmt(summary['tok_s']['per_gpu_one'])} on one -> efficiency {summary['scaling_efficiency']:.3f}; "
+    print(f"[ddp] {args.name} on {summary['device_name']}: {summary['tok_s']['multi']:,.0f} tok/s on {args.world} "
+          f"GPUs vs {summary['tok_s']['per_gpu_one']:,.0f} on one -> efficiency {summary['scaling_efficiency']:.3f}; "
           f"loss match {'yes' if lo['match'] else 'NO'} (late train |diff| {lo['train_late_mean_abs_diff']:.4f}, "
           f"evals {[round(e['rel_diff'], 5) for e in lo['evals']]}) -> {path}")
     return path
-
-
-def n_fmt(x):
-    return f"{x:,.0f}"
 
 
 if __name__ == "__main__":

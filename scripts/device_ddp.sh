@@ -90,15 +90,15 @@ fi
 tail -n 4 logs/prepare.log
 
 : > logs/status.tsv
-train() {  # id nproc batch iters compile_mode model: one train.py run, stopped by SIGTERM at the budget's limit
-  local id=$1 np=$2 b=$3 it=$4 cm=$5 m=$6 limit=$(( TOTAL_BUDGET - RESERVE - SECONDS )) t0=$SECONDS rc
+train() {  # id nproc batch iters model: one train.py run, stopped by SIGTERM at the budget's limit
+  local id=$1 np=$2 b=$3 it=$4 m=$5 limit=$(( TOTAL_BUDGET - RESERVE - SECONDS )) t0=$SECONDS rc
   if [ $limit -lt 20 ]; then echo "[ddp] $id: no time left" >&2; printf '%s\tskipped\t0\n' $id >> logs/status.tsv; return; fi
   local launch=($PY)
   [ $np -gt 1 ] && launch=($PY -m torch.distributed.run --standalone --nproc_per_node=$np)
   local cmd=("${launch[@]}" "$repo/train.py" config/$m.py "${common[@]}" ${EXTRA[$m]} --out_dir=runs/$id
              --batch_size=$b --gradient_accumulation_steps=1 --max_iters=$it --lr_decay_iters=$ITERS
              --warmup_iters=$WARMUP --eval_interval=$(( ITERS / 2 )) --dropout=0.0 --seed=1337 --plot=False
-             --compile_mode=$cm ${TRAIN_ARGS:-})
+             --compile_mode=default ${TRAIN_ARGS:-})  # DDP compiles without CUDA graphs: so do the one-GPU runs
   echo "[ddp] $id (limit ${limit}s): ${cmd[*]}" | sed "s|$repo/||g"
   timeout -s TERM -k 30 $limit "${cmd[@]}" > logs/$id.log 2>&1
   rc=$?
@@ -111,14 +111,11 @@ merged=results/${day}_${name}_metrics.jsonl
 : > "$merged"
 for m in ${MODELS//,/ }; do
   b=${BATCH[$m]}
-  [[ ,$RUNS, == *,per_gpu,* ]] && train ${m}_per_gpu 1 $b $PER_GPU_ITERS default $m
-  [[ ,$RUNS, == *,multi,* ]] && train ${m}_multi $NPROC $b $ITERS default $m
-  [[ ,$RUNS, == *,same_batch,* ]] && train ${m}_same_batch 1 $(( NPROC * b )) $ITERS default $m
+  [[ ,$RUNS, == *,per_gpu,* ]] && train ${m}_per_gpu 1 $b $PER_GPU_ITERS $m
+  [[ ,$RUNS, == *,multi,* ]] && train ${m}_multi $NPROC $b $ITERS $m
+  [[ ,$RUNS, == *,same_batch,* ]] && train ${m}_same_batch 1 $(( NPROC * b )) $ITERS $m
   if [[ ,$RUNS, == *,pair,* ]]; then  # the control: one independent process per GPU, all at once
-    for g in 0 1; do
-      if [ $smoke = 1 ]; then train ${m}_pair$g 1 $b $PER_GPU_ITERS default $m &
-      else CUDA_VISIBLE_DEVICES=$g train ${m}_pair$g 1 $b $PER_GPU_ITERS default $m & fi
-    done
+    for g in 0 1; do CUDA_VISIBLE_DEVICES=$g train ${m}_pair$g 1 $b $PER_GPU_ITERS $m & done
     wait
   fi
   for r in per_gpu multi same_batch pair0 pair1; do

@@ -155,7 +155,8 @@ def ddp_section(docs):
             "accumulation 1 per rank), medians of the logged per-step tok/s (all ranks' tokens); efficiency = "
             "N-GPU tok/s ÷ (N × one-GPU tok/s); peak memory = torch.cuda.max_memory_allocated (one GPU / rank 0). "
             "Loss match: the one-GPU run with the same global batch (the same windows, dropout 0) vs the DDP run: mean "
-            "|train loss difference| over the last half of the steps and the largest eval difference, relative. Control: "
+            "|train loss difference| over the last half of the steps and the largest eval difference, both as fractions of "
+            "the loss (0.001 = 0.1%). Control: "
             "two independent one-GPU runs at the same time, one per GPU, no DDP (tok/s each, mean; and against the "
             "one-GPU run alone): what two busy processes cost each other on the host.\n\n" +
             table(["run", "device", "GPUs", "batch per rank", "one-GPU tok/s", "N-GPU tok/s", "tok/s per GPU",

@@ -11,8 +11,6 @@ GPU busy / wall far below 1 means the step is bound by the host (launches, Pytho
 graphs (compile_mode reduce-overhead) the profiler sees the replayed kernels; launches are then graph replays.
 """
 import argparse
-import datetime
-import json
 import os
 import re
 import statistics
@@ -100,19 +98,11 @@ def main(argv):
                    tok_s_median=statistics.median(r["tok_s"]), backends=r["backends"],
                    compiled_graphs=r["compiled_graphs"], graph_breaks=r["graph_breaks"],
                    graph_break_reasons=r["graph_break_reasons"])
-    doc = dict(schema=bench.SCHEMA, what="profile", name=name, command="python scripts/profile_train.py " + " ".join(argv),
-               git=prov["git"], device=prov["device"], device_name=prov["device_name"], driver=prov.get("driver"),
-               versions=prov["versions"], seeds=[args.seed], configs={files[0]: cfg},
-               notes=["the profiler records only the timed steps (after warm-up: compile and autotuning excluded); its "
-                      "own overhead slows the host side, so wall time here is a little above bench.py's"],
-               created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               raw=dict(step_s=r["step_s"]), summary=summary)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}_{name}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    path = bench.write_results(args.out, name, "profile", cfg["device"], [args.seed], {files[0]: cfg},
+                               dict(step_s=r["step_s"]), summary,
+                               ["the profiler records only the timed steps (after warm-up: compile and autotuning "
+                                "excluded); its own overhead slows the host side, so wall time here is a little above "
+                                "bench.py's"], prov=prov, argv=argv, script="scripts/profile_train.py")
     print(f"[profile] {name} on {prov['device_name']}: wall {summary['wall_ms_per_step_median']:.2f} ms/step, GPU kernels "
           f"{summary['gpu_kernel_ms_per_step']:.2f} ms/step, {summary['kernel_launches_per_step']:.0f} launches/step, "
           f"{summary['compiled_graphs']} compiled graphs, {summary['graph_breaks']} graph breaks")

@@ -400,3 +400,23 @@ def test_train_measurement_counts_graph_breaks(tiny_data, tmp_path, monkeypatch)
     (r,) = doc["raw"]["quickstart"]
     assert r["graph_breaks"] >= 1 and r["compiled_graphs"] >= 2, (r["graph_breaks"], r["compiled_graphs"])
     assert any("graph_break" in k for k in r["graph_break_reasons"]), r["graph_break_reasons"]
+
+
+def test_profile_train_writes_a_results_file(tiny_data, tmp_path):
+    """scripts/profile_train.py on a CPU: the profiler sees only the timed steps, the file is bench.py's layout with
+    its own command, make_tables renders it; the kernel families are named by the GPU kernel names seen on the H200."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import make_tables
+    import profile_train
+    path = profile_train.main(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}", "--dataset=stdlib_char",
+                               "--T=32", "--tokens_per_step=128", "--steps=2", "--warmup=1", f"--out={tmp_path}"])
+    doc = json.load(open(path))
+    s = doc["summary"]
+    assert doc["what"] == "profile" and shlex.split(doc["command"])[1] == "scripts/profile_train.py"
+    assert s["steps"] == 2 and len(doc["raw"]["step_s"]) == 2 and s["wall_ms_per_step_median"] > 0
+    assert s["top_cpu_ops"] and s["kernel_launches_per_step"] == 0   # no GPU: no kernels, CPU ops only
+    assert "### Profiles" in make_tables.render(str(tmp_path))
+    names = {"void wkv6_v2_kown_kernel<__nv_bfloat16, 64, 4, true>(int)": "wkv", "nvjet_sm90_tst_192x128": "matmul",
+             "triton_per_fused_add_mul_0": "inductor_triton", "ncclDevKernel_AllReduce": "nccl",
+             "void at::native::conv_depthwise2d_forward_kernel": "other"}
+    assert {n: profile_train.family(n) for n in names} == names
