@@ -249,7 +249,7 @@ def compile_mode(cfg):
 def backends_of(raw_model, cfg, device_type, ptdtype):
     b = {"device_type": device_type, "dtype": cfg["dtype"], "compile": compile_mode(cfg) if cfg["compile"] else False}
     if hasattr(raw_model, "backends"):
-        b.update(raw_model.backends())
+        b.update(raw_model.backends(compiled=bool(cfg["compile"])))
     if hasattr(raw_model, "attention_path"):
         b["attention"] = raw_model.attention_path(device_type, ptdtype)
     return b

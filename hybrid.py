@@ -548,8 +548,9 @@ class Hybrid(nn.Module):
         self.a["block_size"] = self.model_args["block_size"] = block_size
 
     # ---- optional capabilities
-    def backends(self, device=None):
-        """Which WKV and Mamba paths run on `device` (default: where the parameters are), for the logs."""
+    def backends(self, device=None, compiled=False):
+        """Which WKV and Mamba paths run on `device` (default: where the parameters are), for the logs; `compiled`:
+        the forward runs under torch.compile (where mamba_backend 'auto' takes the built-in SSD, see mamba2.py)."""
         device = torch.device(device) if device is not None else self.head.weight.device
         out = {}
         if self.blocks[0].rwkv is not None:
@@ -557,7 +558,7 @@ class Hybrid(nn.Module):
             b = self.a["wkv_backend"]
             out["wkv"] = _w.wkv6_backend(device, self.a["rwkv_head_size"]) if b == "auto" else b
         if self.blocks[0].mamba is not None:
-            out["mamba"] = describe_backend(resolve_backend(self.a["mamba_backend"], device))
+            out["mamba"] = describe_backend(resolve_backend(self.a["mamba_backend"], device, compiled))
         return out
 
     @torch.no_grad()

@@ -257,7 +257,7 @@ if ddp:
 
 backends = {"device_type": device_type, "dtype": dtype, "compile": compile_mode if compile else False, "world_size": world}
 if hasattr(raw_model, "backends"):
-    backends.update(raw_model.backends())
+    backends.update(raw_model.backends(compiled=bool(compile)))
 if hasattr(raw_model, "attention_path"):
     backends["attention"] = raw_model.attention_path(device_type, ptdtype)
 tokens_per_iter = batch_size * world * gradient_accumulation_steps * block_size

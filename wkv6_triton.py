@@ -6,11 +6,15 @@ Design (see wkv6.py for the operator's contract):
   tokens, carrying an fp32 state tile S[BK, BV] in registers. Per chunk:
       gi = inclusive cumsum of w (log-decay, fp32), ge = gi - w (exclusive), glast = sum of w
       y  = (r*exp(ge)) @ S  +  A @ v  +  (sum_j r u k) * v               (inter + intra + bonus)
-      A[t,s] = sum_j r_t k_s exp(ge_t - gi_s)   for s < t  (elementwise [BT,BT,BK], fp32)
+      A[t,s] = sum_j r_t k_s exp(ge_t - gi_s)   for s < t  (elementwise, fp32, one column s at a time)
       S  = exp(glast) * S + (k * exp(glast - gi))^T @ v
   Every exponent is a within-chunk partial sum of w over a range, so it is <= 0: strong decays
-  underflow to 0, nothing overflows. The cumsums only span 16 tokens, so precision does not
-  degrade with T.
+  underflow to 0, nothing overflows. The sums are one running fp32 sum over the chunk's rows, replayed
+  bit for bit in the column loops, so adjacent tokens get exactly exp(0). The cumsums only span 16
+  tokens, so precision does not degrade with T.
+- The intra-chunk pairs are visited one source column s at a time on [BT, BK] tiles (the first version
+  built [BT, BT, BK] temporaries, which spilled: 255 registers + 1.8 KB of spills per thread in the
+  chunk-parallel backward at 4 warps, ptxas for sm_90).
 - Work splits over key blocks (NK) and value blocks (NV) when B*H is small (B=1, long T):
   everything above is additive over key blocks (y partials summed on the host) and independent
   over value blocks.
@@ -20,19 +24,18 @@ Design (see wkv6.py for the operator's contract):
       dw_tau = sum_{t>tau} r_t*dq_t - sum_{s>=tau} k_s*dk_s + rowsum(S_end * dS_end)
   (dq, dk = the state parts of dr, dk; notes §1) would need no per-token state, but it cancels
   O(1) terms when the true dw is ~exp(-30); so the kernel sums the same pairs directly instead,
-  each with its own decay factor (triangular-mask dots + one [BT, BT*BT] mask contraction).
+  each with its own decay factor (triangular-mask dots + a running sum over source columns).
 - Two schedules of the same chunk math (see _mode): 'fused' = the one sequential pass above;
   'split' = sequential *state scans only* (S at each chunk start forward, dS at each chunk end
-  backward, stored fp32) + chunk-parallel kernels for y and for all gradients. Fused is fewer
-  launches (wins at T <= 256); split takes the heavy [16,16,BK] intra work off the sequential
-  path (wins from T ~ 1k, and by far at B*H small).
+  backward, stored fp32) + chunk-parallel kernels for y and for all gradients. Fused wins wherever
+  B*H fills the GPU; split wins by far at B*H small.
 - tl.dot runs with input_precision 'ieee' for fp32 inputs, 'tf32' for 16-bit inputs.
 
-Measured on "NVIDIA H100 80GB HBM3" (results/wkv6_bench_h100_run2.json, bf16, N=64, fwd+bwd
-median ms, split schedule): (32,256,4) 1.42 [fused 1.09, run1], (16,1024,8) 2.39, (8,4096,32)
-13.8, (1,16384,4) 4.43. Known gap: the backward chunk kernels spill registers (ptxas: 255 regs,
-~0.3-0.8 KB spills at 8 warps) and the fp32 chunk states cost ~1 KB/token each way; next steps
-are 32/64-token chunks with factorised off-diagonal 16x16 blocks and bf16 dots for the intra part.
+Measured, bf16, N=64, fwd+bwd median ms (the default schedule): on "NVIDIA H200" with this version
+(results/2026-12-02_wkv6_kernels_h200.json) (32,256,4) 1.03, (16,1024,8) 2.31, (8,4096,32) 15.5,
+(1,16384,4) 4.71, gf_mh_8m's (64,256,3) 1.32 — against our recurrent CUDA kernel (wkv6.cu) 1.00 / 4.74 /
+26.8 / 55.5 in the same run. Earlier version on "NVIDIA H100 80GB HBM3" (results/wkv6_bench_h100_run2.json):
+1.09 (fused) / 2.39 / 13.8 / 4.43. The issue's targets (H100: 0.5 / 1.5 / 4.0) are not met.
 
 `python wkv6_triton.py --bench [--out=DIR]` times torch-chunked / Triton / CUDA / fla (when
 importable) and writes a results JSON (see bench()).
@@ -52,10 +55,28 @@ BT_DEFAULT = 16
 
 def _configs(pairs):
     # WKV6_TRITON_AUTOTUNE=0 keeps the first config (fast compiles in tests); the conftest patch
-    # does the same under the CPU interpreter. First = the best guess from ptxas reports: the
-    # [16,16,BK] intra tiles need ~8 warps to stay (mostly) in registers.
+    # does the same under the CPU interpreter. First = the best guess from ptxas reports (sm_90):
+    # 8 warps keep the chunk kernels' [BT, BK] tiles in registers (4 warps spill in the backward).
     cfgs = [triton.Config({}, num_warps=nw, num_stages=ns) for nw, ns in pairs]
     return cfgs[:1] if os.environ.get('WKV6_TRITON_AUTOTUNE', '1') == '0' else cfgs
+
+
+@triton.jit
+def _decay_sums(cc, w, T, base, o_k, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """Within-chunk log-decay sums by one running fp32 sum over the chunk's rows (the column loops below
+    replay the same sum, so every pair exponent ge_t - gi_s is a difference of bit-identical partial
+    sums: exactly 0 for adjacent tokens, never positive). Returns ge (sum_{tau<t}, [BT,BK]), gi
+    (sum_{tau<=t}) and glast (the chunk's total, [BK])."""
+    o_t = tl.arange(0, BT)
+    run = tl.zeros([BK], dtype=tl.float32)
+    ge = tl.zeros([BT, BK], dtype=tl.float32)
+    gi = tl.zeros([BT, BK], dtype=tl.float32)
+    for s in tl.static_range(BT):
+        w_s = tl.load(w + base + (cc * BT + s) * (H * N) + o_k, mask=cc * BT + s < T, other=0.).to(tl.float32)
+        ge = tl.where(o_t[:, None] == s, run[None, :], ge)
+        run += w_s
+        gi = tl.where(o_t[:, None] == s, run[None, :], gi)
+    return ge, gi, run
 
 
 @triton.jit
@@ -66,7 +87,6 @@ def _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u,
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    lower = o_t[:, None] > o_t[None, :]                 # [t, s]: s < t
     ot = cc * BT + o_t
     mt = ot < T
     row = base + ot * (H * N)
@@ -74,13 +94,20 @@ def _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u,
     p_v = row[:, None] + o_v[None, :]
     b_r = tl.load(r + p_k, mask=mt[:, None], other=0.).to(tl.float32)
     b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-    b_w = tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32)
     b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
-    gi = tl.cumsum(b_w, axis=0)
-    ge = gi - b_w
-    glast = tl.sum(b_w, axis=0)
-    e = tl.exp(tl.where(lower[:, :, None], ge[:, None, :] - gi[None, :, :], float('-inf')))
-    A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * e, axis=2)             # [BT, BT]
+    ge, gi, glast = _decay_sums(cc, w, T, base, o_k, H, N, BT, BK)
+    # intra-chunk pair weights A[t, s] = sum_j r_t k_s exp(ge_t - gi_s), s < t, one column s at a time
+    # ([BT, BK] tiles only: no [BT, BT, BK] temporaries to spill)
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    run = tl.zeros([BK], dtype=tl.float32)
+    for s in tl.static_range(BT):
+        p_s = base + (cc * BT + s) * (H * N) + o_k
+        m_s = cc * BT + s < T
+        run += tl.load(w + p_s, mask=m_s, other=0.).to(tl.float32)
+        k_s = tl.load(k + p_s, mask=m_s, other=0.).to(tl.float32)
+        e_s = tl.exp(tl.where(o_t[:, None] > s, ge - run[None, :], float('-inf')))
+        col = tl.sum(b_r * k_s[None, :] * e_s, axis=1)
+        A = tl.where(o_t[None, :] == s, col[:, None], A)
     b_y = tl.dot(b_r * tl.exp(ge), b_S, input_precision=PREC)
     b_y += tl.dot(A, b_v, input_precision=PREC)
     b_y += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_v
@@ -142,10 +169,6 @@ def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_
     lower = o_t[:, None] > o_t[None, :]
     up = tl.where(o_t[None, :] > o_t[:, None], 1., 0.)                  # [tau, t]: t > tau
     lo = tl.where(o_t[None, :] < o_t[:, None], 1., 0.)                  # [tau, s]: s < tau
-    o_p = tl.arange(0, BT * BT)                                         # pair index t*BT + s
-    p_t = o_p // BT
-    p_s = o_p % BT
-    span = tl.where((p_s[None, :] < o_t[:, None]) & (o_t[:, None] < p_t[None, :]), 1., 0.)  # [tau, pair]
     ot = cc * BT + o_t
     mt = ot < T
     row = base + ot * (H * N)
@@ -153,40 +176,55 @@ def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_
     p_v = row[:, None] + o_v[None, :]
     b_r = tl.load(r + p_k, mask=mt[:, None], other=0.).to(tl.float32)
     b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
-    b_w = tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32)
     b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
     b_gy = tl.load(gy + p_v, mask=mt[:, None], other=0.).to(tl.float32)
-    gi = tl.cumsum(b_w, axis=0)
-    ge = gi - b_w
-    glast = tl.sum(b_w, axis=0)
+    ge, gi, glast = _decay_sums(cc, w, T, base, o_k, H, N, BT, BK)
     eg = tl.exp(ge)                                                      # [BT, BK]
     ekl = tl.exp(glast[None, :] - gi)                                    # [BT, BK]
-    e = tl.exp(tl.where(lower[:, :, None], ge[:, None, :] - gi[None, :, :], float('-inf')))
-    A = tl.sum(b_r[:, None, :] * b_k[None, :, :] * e, axis=2)           # [BT(t), BT(s)]
-    dA = tl.where(lower, tl.dot(b_gy, tl.trans(b_v), input_precision=PREC), 0.)
-    q = dA[:, :, None] * e
+    dA = tl.where(lower, tl.dot(b_gy, tl.trans(b_v), input_precision=PREC), 0.)   # [t, s]
     dqx = tl.dot(b_gy, tl.trans(b_S), input_precision=PREC) * eg        # inter parts, kept apart
     dkx = tl.dot(b_v, tl.trans(b_G), input_precision=PREC) * ekl        # for dw below
-    dq = tl.sum(q * b_k[None, :, :], axis=1) + dqx                      # state part of dr
-    dks = tl.sum(q * b_r[:, None, :], axis=0) + dkx                     # state part of dk
+    # everything that needs the [BK, BV] state tiles before the loop, so they are dead inside it
+    b_dv = tl.dot(b_k * ekl, b_G, input_precision=PREC)
+    dw_se = tl.exp(glast) * tl.sum(b_S * b_G, axis=1)                   # start->end pairs
+    # intra pairs (s < t), one source column s at a time, each pair with its own decay factor e_s[t]:
+    #   A[t,s] (for dv), dq[t] += dA[t,s] e_s[t] k_s, dk[s] = sum_t dA[t,s] e_s[t] r_t, and for dw every
+    #   pair (s, t) counts at each tau with s < tau < t: R = sum over columns < tau of the pair terms,
+    #   dw_intra[tau] = sum_{t > tau} R[t] (no difference of large sums: strong decays keep accuracy)
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    dq = dqx
+    dks = dkx
+    dwi = tl.zeros([BT, BK], dtype=tl.float32)
+    R = tl.zeros([BT, BK], dtype=tl.float32)
+    run = tl.zeros([BK], dtype=tl.float32)
+    for s in tl.static_range(BT):
+        p_s = base + (cc * BT + s) * (H * N) + o_k
+        m_s = cc * BT + s < T
+        run += tl.load(w + p_s, mask=m_s, other=0.).to(tl.float32)
+        k_s = tl.load(k + p_s, mask=m_s, other=0.).to(tl.float32)
+        e_s = tl.exp(tl.where(o_t[:, None] > s, ge - run[None, :], float('-inf')))
+        is_s = o_t[:, None] == s
+        dwi = tl.where(is_s, tl.sum(tl.where(o_t[:, None] > s, R, 0.), axis=0)[None, :], dwi)
+        A = tl.where(o_t[None, :] == s, tl.sum(b_r * k_s[None, :] * e_s, axis=1)[:, None], A)
+        E = tl.sum(tl.where(o_t[None, :] == s, dA, 0.), axis=1)[:, None] * e_s          # dA[t,s] e_s[t]
+        dq += E * k_s[None, :]
+        Er = E * b_r
+        dks = tl.where(is_s, dks + tl.sum(Er, axis=0)[None, :], dks)
+        R += Er * k_s[None, :]
     vg = tl.sum(b_v * b_gy, axis=1)                                      # [BT]
     tl.store(dr + i_v * kv_pstride + p_k, dq + b_u[None, :] * b_k * vg[:, None], mask=mt[:, None])
     tl.store(dk + i_v * kv_pstride + p_k, dks + b_u[None, :] * b_r * vg[:, None], mask=mt[:, None])
     b_du = tl.sum(b_r * b_k * vg[:, None], axis=0)
-    b_kd = b_k * ekl
-    b_dv = tl.dot(b_kd, b_G, input_precision=PREC)
     b_dv += tl.dot(tl.trans(A), b_gy, input_precision=PREC)
     b_dv += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_gy
     tl.store(dv + i_k * v_pstride + p_v, b_dv, mask=mt[:, None])
-    # dw_tau = sum over every (source, reader) pair whose decay spans tau, each term carrying its
-    # own decay factor (no difference of large sums, so strong decays keep relative accuracy):
-    #   readers t>tau of the chunk-start state, sources s<tau into the chunk-end state,
-    #   start->end (exp(glast) <S, dS>), and intra pairs s < tau < t (masked contraction).
+    # dw_tau = sum over every (source, reader) pair whose decay spans tau: readers t>tau of the
+    # chunk-start state, sources s<tau into the chunk-end state, start->end (exp(glast) <S, dS>),
+    # and the intra pairs above
     b_dw = tl.dot(up, b_r * dqx, input_precision=PREC)
     b_dw += tl.dot(lo, b_k * dkx, input_precision=PREC)
-    b_dw += (tl.exp(glast) * tl.sum(b_S * b_G, axis=1))[None, :]
-    m = tl.reshape(q * b_r[:, None, :] * b_k[None, :, :], (BT * BT, BK))
-    b_dw += tl.dot(span, m, input_precision=PREC)
+    b_dw += dw_se[None, :]
+    b_dw += dwi
     tl.store(dw + i_v * kv_pstride + p_k, b_dw, mask=mt[:, None])
     return b_du, b_r * eg, b_gy, glast
 
@@ -399,15 +437,17 @@ def _prec(dtype):
     return 'ieee' if dtype == torch.float32 else 'tf32'
 
 
-def _mode(T):
+def _mode(B, H, T):
     """'fused' (one sequential pass per (b, h, tile); fewest launches) or 'split' (sequential state
-    scans + chunk-parallel output/gradient kernels). WKV6_TRITON_MODE overrides. Default from the
-    H100 runs (results/wkv6_bench_h100_run1.json, run2.json; bf16, N=64, B*H=128): at T=256 fused
-    1.09 ms vs split 1.42 ms fwd+bwd. Fused costs ~12 us per 16-token chunk forward and ~55 us
-    backward there, so from T ~ 1k on split wins (estimate; split measured 2.39 ms at T=1024)."""
+    scans + chunk-parallel output/gradient kernels). WKV6_TRITON_MODE overrides. Default from one
+    H200 run timing both side by side (results/2026-12-02_wkv6_kernels_h200.json; bf16, N=64,
+    fwd+bwd ms fused / split): B*H=128 at T=256 1.03 / 1.38 and T=1024 2.31 / 2.73, B*H=192 at
+    T=256 1.32 / 1.74, B*H=256 at T=4096 15.5 / 17.9, but B*H=4 at T=16384 26.3 / 4.7: fused
+    wherever B*H alone fills the GPU (>= 128 programs), split when it does not (between 4 and 128
+    not measured)."""
     m = os.environ.get('WKV6_TRITON_MODE')
     if m is None:
-        return 'fused' if T <= 256 else 'split'
+        return 'fused' if B * H >= 128 else 'split'
     if m not in ('split', 'fused'):
         raise ValueError(f"WKV6_TRITON_MODE must be 'split' or 'fused', got {m!r}")
     return m
@@ -426,7 +466,7 @@ def _scan_blocks(B, H, N):
 
 def _fwd_impl(r, k, v, w, u, s0, save):
     B, T, H, N = r.shape
-    split = _mode(T) == 'split'
+    split = _mode(B, H, T) == 'split'
     BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
     NT = triton.cdiv(T, BT_DEFAULT)
@@ -454,7 +494,7 @@ def _fwd_impl(r, k, v, w, u, s0, save):
 
 def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     B, T, H, N = r.shape
-    split = _mode(T) == 'split'
+    split = _mode(B, H, T) == 'split'
     BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
     NT = triton.cdiv(T, BT_DEFAULT)
@@ -553,9 +593,11 @@ def wkv6_triton(r, k, v, w, u, state=None):
 # ----------------------------------------------------------------------------------------------
 # benchmark:  python wkv6_triton.py --bench [--out=DIR] [--deadline_s=SECONDS]
 
-BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4)]   # (B, T, H), N=64, bf16
+# (B, T, H), N=64, bf16: the kernels issue's four shapes, then gf_mh_8m's training call (16,384 tokens, 3 heads)
+BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4), (64, 256, 3)]
 # extra Triton (BK, BV) splits tried per shape after the defaults, while time remains
-BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64'], 3: ['16,16', '32,16']}
+BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64'], 3: ['16,16', '32,16'],
+                  4: ['64,32']}
 
 
 def _time_ms(fn, reps, warmup=3):
@@ -591,7 +633,8 @@ def bench(argv):
     deadline = time.time() + float(opts.get('deadline_s', 1e9))
     reps = int(opts.get('reps', 20))
     want_impls = opts.get('impls', 'torch_chunked,triton,cuda,fla_chunk_rwkv6').split(',')
-    want_shapes = [int(x) for x in opts.get('shapes', '0,1,2,3').split(',')]
+    want_shapes = [int(x) for x in opts.get('shapes', '0,1,2,3,4').split(',')]
+    want_modes = opts.get('modes', 'split,fused').split(',')   # Triton schedules timed at every shape
     want_variants = opts.get('variants', '1') == '1'
     os.makedirs(out_dir, exist_ok=True)
     dev = 'cuda'
@@ -624,7 +667,7 @@ def bench(argv):
 
     impls = {'torch_chunked': lambda *a: W.wkv6_torch_chunked(*a), 'triton': wkv6_triton, 'cuda': W.wkv6_cuda}
     impls = {n: f for n, f in impls.items() if n in want_impls}
-    meta['triton_mode'] = os.environ.get('WKV6_TRITON_MODE', 'auto (fused if T <= 256 else split)')
+    meta['triton_mode'] = f"each of {want_modes} per shape (WKV6_TRITON_MODE); '*' = the schedule auto picks"
     try:
         if 'fla_chunk_rwkv6' not in want_impls:
             raise ImportError('not requested (--impls)')
@@ -639,7 +682,13 @@ def bench(argv):
         meta['fla'] = f'not importable: {type(e).__name__}: {e}'
     results = []
 
-    def one(shape_i, name, fn, label=None):
+    def one(shape_i, name, fn, label=None, mode=None):
+        if mode is not None:   # this measurement's Triton schedule (restored after it)
+            os.environ['WKV6_TRITON_MODE'] = mode
+            try:
+                return one(shape_i, name, fn, label)
+            finally:
+                os.environ.pop('WKV6_TRITON_MODE', None)
         B, T, H = BENCH_SHAPES[shape_i]
         N = 64
         g = torch.Generator(device=dev).manual_seed(seed + shape_i)
@@ -714,20 +763,20 @@ def bench(argv):
             if name == 'torch_chunked' and (B * H * T > 300_000 or T > 4096):
                 continue   # ~B*H*T*16*64*4 bytes per autograd temporary: too large to be worth timing
             os.environ.pop('WKV6_TRITON_BLOCKS', None)
-            label = name
-            if name == 'triton':
-                label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if _mode(T) == 'split' else \
+            if name != 'triton':
+                one(si, name, fn, name)
+                continue
+            for mode in want_modes:   # both schedules side by side; '*' marks the one 'auto' picks at this T
+                label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
                     ('triton-fused[%d,%d]' % _blocks(B, H, 64))
-            one(si, name, fn, label)
+                one(si, name, fn, label + ('*' if _mode(B, H, T) == mode else ''), mode=mode)
         save()
     for si in (want_shapes if want_variants and 'triton' in impls else []):
-        if _mode(BENCH_SHAPES[si][1]) != 'fused':
-            continue
         for var in BENCH_VARIANTS.get(si, []):
             if time.time() > deadline:
                 break
             os.environ['WKV6_TRITON_BLOCKS'] = var
-            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]')
+            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]', mode='fused')
             save()
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
     path = save()

@@ -143,3 +143,20 @@ def test_cuda_paths_are_decided_when_the_model_is_built(monkeypatch):
     monkeypatch.setattr(wkv6, "_cuda_state", {"err": "simulated: no CUDA kernel"})
     tiny("GF-MH", wkv_backend="auto")
     assert ("cuda", 16) in wkv6._AUTO and mamba2._LIB is not None
+
+
+def test_auto_mamba_path_is_the_built_in_ssd_under_compile(monkeypatch):
+    """mamba-ssm's ops are graph breaks for dynamo (4 per step in gf_mh_8m on an H200: 154,104 vs 494,228 tok/s for
+    the compiled built-in SSD, results/2026-12-02_gf_mh_8m_T256_triton_*_h200.json), so 'auto' takes them only in
+    eager mode; an explicit 'mamba_ssm' is kept, and the logged backend says which path a compiled run uses."""
+    def boom(*a, **k):
+        raise AssertionError("mamba-ssm op called")
+    monkeypatch.setattr(mamba2, "_LIB", dict(scan=boom, norm=boom, conv=None))   # as if importable
+    cuda = torch.device("cuda")
+    assert mamba2.resolve_backend("auto", cuda) == "mamba_ssm"
+    assert mamba2.resolve_backend("auto", cuda, compiling=True) == "torch"
+    assert mamba2.resolve_backend("mamba_ssm", cuda, compiling=True) == "mamba_ssm"
+    assert mamba2.resolve_backend("auto", torch.device("cpu")) == "torch"
+    m = tiny("GF-MH", wkv_backend="torch")
+    assert m.backends("cuda")["mamba"].startswith("mamba_ssm")
+    assert m.backends("cuda", compiled=True)["mamba"] == "torch (built-in chunked SSD)"

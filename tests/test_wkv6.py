@@ -171,3 +171,17 @@ def test_cuda_source_compiles_with_plain_nvcc(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"nvcc failed:\n{res.stderr[-3000:]}"
     assert out.stat().st_size > 0
+
+
+def test_triton_schedule_rule(monkeypatch):
+    """'auto' picks fused wherever B*H alone gives >= 128 programs, else split (H200 side-by-side timings in
+    wkv6_triton._mode); WKV6_TRITON_MODE overrides, and a bad value is one clear error."""
+    from wkv6_triton import _mode
+    monkeypatch.delenv('WKV6_TRITON_MODE', raising=False)
+    assert _mode(32, 4, 256) == 'fused' and _mode(8, 32, 4096) == 'fused' and _mode(64, 3, 256) == 'fused'
+    assert _mode(1, 4, 16384) == 'split' and _mode(2, 2, 45) == 'split'
+    monkeypatch.setenv('WKV6_TRITON_MODE', 'split')
+    assert _mode(32, 4, 256) == 'split'
+    monkeypatch.setenv('WKV6_TRITON_MODE', 'chunked')
+    with pytest.raises(ValueError, match="must be 'split' or 'fused'"):
+        _mode(1, 1, 1)
