@@ -3,7 +3,7 @@
     python bench.py config/gpt_8m.py config/gf_mh_8m.py --T=256,1024 --tokens_per_step=16384 --steps=50
     python bench.py config/shakespeare_char.py --what=generate --ctx=128 --gen_batch=1,16 --gen_tokens=128
     python bench.py --what=runs --metrics=out-s0/metrics.jsonl,out-s1/metrics.jsonl --target=1.47 --name=sc
-    python bench.py --what=kernel --deadline_s=240   (delegates to wkv6_triton.bench, the kernels issue's timer)
+    python bench.py --what=kernel --deadline_s=240   (delegates to wkv6_bench.bench, the kernels issue's timer)
 
 Every mode writes results/<YYYY-MM-DD>_<name>.json (see write_results): the exact command, git sha + dirty flag,
 device name, driver, library versions, seeds, the configs, the raw per-step / per-repeat numbers and the summary.
@@ -697,7 +697,7 @@ def _cuda_ok():
 
 
 def run_kernel(opts, rest, argv):
-    """The kernels issue owns the WKV-6 timer (wkv6_triton.bench: CUDA events, warm-up excluded, medians of
+    """The kernels issue owns the WKV-6 timer (wkv6_bench.bench: CUDA events, warm-up excluded, medians of
     per-repeat ms, a measured copy bandwidth for the I/O floor). It writes its own wkv6_bench.json; this converts
     that into a results file of the one format. `rest` (e.g. --deadline_s=120 --reps=20) goes to it unchanged.
     --from=PATH converts a wkv6_bench.json measured earlier (on a GPU box) instead of measuring: the device,
@@ -710,21 +710,19 @@ def run_kernel(opts, rest, argv):
         except (OSError, ValueError) as e:
             raise BenchError(f"--from={source}: cannot read a wkv6_bench.json there ({e})") from None
         if not {"meta", "results"} <= set(doc):
-            raise BenchError(f"--from={source} is not wkv6_triton.bench output (no meta/results)")
+            raise BenchError(f"--from={source} is not wkv6_bench.bench output (no meta/results)")
     else:
         if not _cuda_ok():
             raise BenchError("--what=kernel times the CUDA/Triton WKV-6 kernels: run it on a CUDA machine (or convert "
                              "an earlier measurement with --from=path/to/wkv6_bench.json)")
         try:
-            import wkv6_triton
+            import wkv6_bench
         except Exception as e:  # ImportError, or triton failing to initialise
-            raise BenchError(f"--what=kernel needs wkv6_triton.py (the kernels issue), which cannot be imported: "
-                             f"{type(e).__name__}: {e}") from None
-        if not hasattr(wkv6_triton, "bench"):
-            raise BenchError("wkv6_triton.py has no bench(argv); the kernels issue provides it (python wkv6_triton.py --bench)")
+            raise BenchError(f"--what=kernel needs wkv6_bench.py and wkv6_triton.py (the kernels issue), which cannot "
+                             f"be imported: {type(e).__name__}: {e}") from None
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
-            wkv6_triton.bench([a for a in rest if not a.startswith("--out=")] + [f"--out={tmp}"])
+            wkv6_bench.bench([a for a in rest if not a.startswith("--out=")] + [f"--out={tmp}"])
             with open(os.path.join(tmp, "wkv6_bench.json")) as f:
                 doc = json.load(f)
     meta, results = doc["meta"], doc["results"]

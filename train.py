@@ -80,6 +80,9 @@ compile = torch.cuda.is_available()
 compile_mode = "auto"     # auto: reduce-overhead (CUDA graphs) for one CUDA process, else default | any torch mode
 backend = "auto"          # auto (nccl on cuda, gloo on cpu) | nccl | gloo
 ddp_bucket_mb = 25.0      # DDP's gradient bucket (MiB, PyTorch's default): bigger = fewer all-reduces, less overlap
+ddp_grad_dtype = "float32"  # float32 | bfloat16: all-reduce the gradients in bf16 (half the bytes; PyTorch's
+                          # bf16_compress_hook), cast back before the optimizer
+ddp_bucket_view = False   # DDP gradient_as_bucket_view: grads live in the all-reduce buckets (one copy less)
 # -----------------------------------------------------------------------------
 
 
@@ -92,6 +95,8 @@ try:
     config = configure(globals(), sys.argv[1:])
 except ConfigError as e:
     fail(e)
+if ddp_grad_dtype not in ("float32", "bfloat16"):
+    fail(f"ddp_grad_dtype={ddp_grad_dtype!r}: use float32 or bfloat16")
 config_set = globals()["_config_set"]
 
 # DDP: RANK is set by torchrun
@@ -253,7 +258,15 @@ if compile_mode == "auto":  # CUDA graphs remove the per-kernel launch cost that
 model = torch.compile(raw_model, mode=compile_mode) if compile else raw_model
 if ddp:
     from torch.nn.parallel import DistributedDataParallel as DDP
-    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, bucket_cap_mb=ddp_bucket_mb)
+    model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None, bucket_cap_mb=ddp_bucket_mb,
+                gradient_as_bucket_view=ddp_bucket_view)
+    if ddp_grad_dtype == "bfloat16":   # (PyTorch's own bf16_compress_hook refuses gloo; this one is backend-free)
+        def bf16_allreduce(group, bucket):
+            g = group if group is not None else dist.group.WORLD
+            low = bucket.buffer().div(dist.get_world_size(g)).to(torch.bfloat16)
+            return dist.all_reduce(low, group=g, async_op=True).get_future().then(
+                lambda fut: bucket.buffer().copy_(fut.value()[0]))
+        model.register_comm_hook(None, bf16_allreduce)
 
 backends = {"device_type": device_type, "dtype": dtype, "compile": compile_mode if compile else False, "world_size": world}
 if hasattr(raw_model, "backends"):

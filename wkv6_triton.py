@@ -37,10 +37,9 @@ Measured, bf16, N=64, fwd+bwd median ms (the default schedule): on "NVIDIA H200"
 26.8 / 55.5 in the same run. Earlier version on "NVIDIA H100 80GB HBM3" (results/wkv6_bench_h100_run2.json):
 1.09 (fused) / 2.39 / 13.8 / 4.43. The issue's targets (H100: 0.5 / 1.5 / 4.0) are not met.
 
-`python wkv6_triton.py --bench [--out=DIR]` times torch-chunked / Triton / CUDA / fla (when
-importable) and writes a results JSON (see bench()).
+`python wkv6_triton.py --bench [--out=DIR]` (= `python wkv6_bench.py`) times torch-chunked / Triton / CUDA / fla
+(when importable) side by side and writes a results JSON.
 """
-import math
 import os
 import sys
 
@@ -51,6 +50,8 @@ import triton.language as tl
 from wkv6 import _check_inputs, _prep_fast
 
 BT_DEFAULT = 16
+LOG2_BT = tl.constexpr(4)   # levels of the factorised intra-chunk pairs (INTRA=1)
+assert 2 ** LOG2_BT.value == BT_DEFAULT, "LOG2_BT must be log2(BT_DEFAULT)"
 
 
 def _configs(pairs):
@@ -80,9 +81,44 @@ def _decay_sums(cc, w, T, base, o_k, H: tl.constexpr, N: tl.constexpr, BT: tl.co
 
 
 @triton.jit
+def _level_sums(b_w, BT: tl.constexpr):
+    """INTRA=1: gi by tl.cumsum, ge = gi shifted down one row by a 0/1 selection dot ('ieee': 1*x + 0s is exact),
+    so ge_t == gi_{t-1} bit for bit, as the column loops' running sums guarantee."""
+    o_t = tl.arange(0, BT)
+    gi = tl.cumsum(b_w, axis=0)
+    ge = tl.dot(tl.where(o_t[None, :] == o_t[:, None] - 1, 1., 0.), gi, input_precision='ieee')
+    glast = tl.sum(tl.where(o_t[:, None] == BT - 1, gi, 0.), axis=0)
+    return ge, gi, glast
+
+
+@triton.jit
+def _level(h: tl.constexpr, ge, gi, BT: tl.constexpr):
+    """INTRA=1, level h: the pairs s < t whose highest differing bit is h (t in the upper half of a block of 2h
+    rows, s in its lower half). With c = the block's last lower row, e(t, s) = exp(ge_t - gi_c) * exp(gi_c - gi_s)
+    and both exponents are <= 0 (c is between s and t), so the pair weights factorise into tensor-core dots with
+    no overflow; an underflowing factor means a weight below fp32's range anyway. Returns the row factors (upper
+    rows, else 0), the column factors (lower rows, else 0), the level's [t, s] pair mask and its dw span mask
+    [tau, x] = 1 where tau and x share a block and a half, and x < tau in the lower half (x = a source s) or x > tau
+    in the upper half (x = a reader t)."""
+    o_t = tl.arange(0, BT)
+    blk = o_t // (2 * h)
+    upper = (o_t % (2 * h)) >= h
+    c = blk * (2 * h) + h - 1
+    g_c = tl.dot(tl.where(o_t[None, :] == c[:, None], 1., 0.), gi, input_precision='ieee')   # row t: gi[c(t)]
+    qe = tl.exp(tl.where(upper[:, None], ge - g_c, float('-inf')))
+    ke = tl.exp(tl.where(upper[:, None], float('-inf'), g_c - gi))
+    lower = (o_t % (2 * h)) < h
+    same = blk[:, None] == blk[None, :]
+    m = upper[:, None] & lower[None, :] & same
+    span = same & ((lower[:, None] & lower[None, :] & (o_t[None, :] < o_t[:, None])) |
+                   (upper[:, None] & upper[None, :] & (o_t[None, :] > o_t[:, None])))
+    return qe, ke, m, tl.where(span, 1., 0.)
+
+
+@triton.jit
 def _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u,
              H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-             PREC: tl.constexpr):
+             PREC: tl.constexpr, INTRA: tl.constexpr):
     """y of chunk cc (int64) from its start-state tile; returns what the state update needs."""
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -95,19 +131,26 @@ def _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u,
     b_r = tl.load(r + p_k, mask=mt[:, None], other=0.).to(tl.float32)
     b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
     b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
-    ge, gi, glast = _decay_sums(cc, w, T, base, o_k, H, N, BT, BK)
-    # intra-chunk pair weights A[t, s] = sum_j r_t k_s exp(ge_t - gi_s), s < t, one column s at a time
-    # ([BT, BK] tiles only: no [BT, BT, BK] temporaries to spill)
-    A = tl.zeros([BT, BT], dtype=tl.float32)
-    run = tl.zeros([BK], dtype=tl.float32)
-    for s in tl.static_range(BT):
-        p_s = base + (cc * BT + s) * (H * N) + o_k
-        m_s = cc * BT + s < T
-        run += tl.load(w + p_s, mask=m_s, other=0.).to(tl.float32)
-        k_s = tl.load(k + p_s, mask=m_s, other=0.).to(tl.float32)
-        e_s = tl.exp(tl.where(o_t[:, None] > s, ge - run[None, :], float('-inf')))
-        col = tl.sum(b_r * k_s[None, :] * e_s, axis=1)
-        A = tl.where(o_t[None, :] == s, col[:, None], A)
+    if INTRA == 0:
+        ge, gi, glast = _decay_sums(cc, w, T, base, o_k, H, N, BT, BK)
+        # intra-chunk pair weights A[t, s] = sum_j r_t k_s exp(ge_t - gi_s), s < t, one column s at a time
+        # ([BT, BK] tiles only: no [BT, BT, BK] temporaries to spill)
+        A = tl.zeros([BT, BT], dtype=tl.float32)
+        run = tl.zeros([BK], dtype=tl.float32)
+        for s in tl.static_range(BT):
+            p_s = base + (cc * BT + s) * (H * N) + o_k
+            m_s = cc * BT + s < T
+            run += tl.load(w + p_s, mask=m_s, other=0.).to(tl.float32)
+            k_s = tl.load(k + p_s, mask=m_s, other=0.).to(tl.float32)
+            e_s = tl.exp(tl.where(o_t[:, None] > s, ge - run[None, :], float('-inf')))
+            col = tl.sum(b_r * k_s[None, :] * e_s, axis=1)
+            A = tl.where(o_t[None, :] == s, col[:, None], A)
+    else:   # the same pairs as log2(BT) levels of factorised dots (see _level)
+        ge, gi, glast = _level_sums(tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32), BT)
+        A = tl.zeros([BT, BT], dtype=tl.float32)
+        for L in tl.static_range(LOG2_BT):
+            qe, ke, m, _ = _level(BT >> (L + 1), ge, gi, BT)
+            A += tl.where(m, tl.dot(b_r * qe, tl.trans(b_k * ke), input_precision=PREC), 0.)
     b_y = tl.dot(b_r * tl.exp(ge), b_S, input_precision=PREC)
     b_y += tl.dot(A, b_v, input_precision=PREC)
     b_y += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_v
@@ -118,22 +161,24 @@ def _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u,
 @triton.jit
 def _fwd_chunk(cc, NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh, base, b_u,
                H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               SAVE: tl.constexpr, PREC: tl.constexpr):
+               SAVE: tl.constexpr, PREC: tl.constexpr, INTRA: tl.constexpr):
     """One chunk of the fused forward: returns the state after the chunk."""
     i_v = tl.program_id(1)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     if SAVE:
         tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S)
-    b_kd, b_v, glast = _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC)
+    b_kd, b_v, glast = _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC,
+                                INTRA)
     return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
 
 
-@triton.autotune(configs=_configs([(8, 2), (8, 1), (4, 2), (4, 1)]), key=['N', 'BK', 'BV', 'SAVE', 'PREC'])
+@triton.autotune(configs=_configs([(8, 2), (8, 1), (4, 2), (4, 1)]), key=['N', 'BK', 'BV', 'SAVE', 'PREC', 'INTRA'])
 @triton.jit(do_not_specialize=['T', 'y_pstride'])
 def _wkv6_fwd_kernel(r, k, v, w, u, s0, y, sT, hbuf, T, y_pstride,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
+                     BV: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
+                     INTRA: tl.constexpr):
     i_k = tl.program_id(0)
     i_v = tl.program_id(1)
     i_bh = tl.program_id(2).to(tl.int64)
@@ -148,19 +193,19 @@ def _wkv6_fwd_kernel(r, k, v, w, u, s0, y, sT, hbuf, T, y_pstride,
     if NTI > 0:   # interpreter: Python-int trip count (see _nti)
         for c in range(0, NTI):
             b_S = _fwd_chunk(tl.cast(c, tl.int64), NTI, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh,
-                             base, b_u, H, N, BT, BK, BV, SAVE, PREC)
+                             base, b_u, H, N, BT, BK, BV, SAVE, PREC, INTRA)
     else:
         NT = tl.cdiv(T, BT)
         for c in range(0, NT):
             b_S = _fwd_chunk(tl.cast(c, tl.int64), NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh,
-                             base, b_u, H, N, BT, BK, BV, SAVE, PREC)
+                             base, b_u, H, N, BT, BK, BV, SAVE, PREC, INTRA)
     tl.store(sT + st_off, b_S)
 
 
 @triton.jit
 def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride, i_k, i_v, base, b_u,
                  H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 PREC: tl.constexpr):
+                 PREC: tl.constexpr, INTRA: tl.constexpr):
     """dr, dk, dv, dw of chunk cc from its start state S and the state gradient G at its end;
     returns (du contribution, r*exp(ge), gy, glast) for the reverse state-gradient update."""
     o_t = tl.arange(0, BT)
@@ -178,7 +223,10 @@ def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_
     b_k = tl.load(k + p_k, mask=mt[:, None], other=0.).to(tl.float32)
     b_v = tl.load(v + p_v, mask=mt[:, None], other=0.).to(tl.float32)
     b_gy = tl.load(gy + p_v, mask=mt[:, None], other=0.).to(tl.float32)
-    ge, gi, glast = _decay_sums(cc, w, T, base, o_k, H, N, BT, BK)
+    if INTRA == 0:
+        ge, gi, glast = _decay_sums(cc, w, T, base, o_k, H, N, BT, BK)
+    else:
+        ge, gi, glast = _level_sums(tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32), BT)
     eg = tl.exp(ge)                                                      # [BT, BK]
     ekl = tl.exp(glast[None, :] - gi)                                    # [BT, BK]
     dA = tl.where(lower, tl.dot(b_gy, tl.trans(b_v), input_precision=PREC), 0.)   # [t, s]
@@ -195,22 +243,40 @@ def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_
     dq = dqx
     dks = dkx
     dwi = tl.zeros([BT, BK], dtype=tl.float32)
-    R = tl.zeros([BT, BK], dtype=tl.float32)
-    run = tl.zeros([BK], dtype=tl.float32)
-    for s in tl.static_range(BT):
-        p_s = base + (cc * BT + s) * (H * N) + o_k
-        m_s = cc * BT + s < T
-        run += tl.load(w + p_s, mask=m_s, other=0.).to(tl.float32)
-        k_s = tl.load(k + p_s, mask=m_s, other=0.).to(tl.float32)
-        e_s = tl.exp(tl.where(o_t[:, None] > s, ge - run[None, :], float('-inf')))
-        is_s = o_t[:, None] == s
-        dwi = tl.where(is_s, tl.sum(tl.where(o_t[:, None] > s, R, 0.), axis=0)[None, :], dwi)
-        A = tl.where(o_t[None, :] == s, tl.sum(b_r * k_s[None, :] * e_s, axis=1)[:, None], A)
-        E = tl.sum(tl.where(o_t[None, :] == s, dA, 0.), axis=1)[:, None] * e_s          # dA[t,s] e_s[t]
-        dq += E * k_s[None, :]
-        Er = E * b_r
-        dks = tl.where(is_s, dks + tl.sum(Er, axis=0)[None, :], dks)
-        R += Er * k_s[None, :]
+    if INTRA == 0:
+        R = tl.zeros([BT, BK], dtype=tl.float32)
+        run = tl.zeros([BK], dtype=tl.float32)
+        for s in tl.static_range(BT):
+            p_s = base + (cc * BT + s) * (H * N) + o_k
+            m_s = cc * BT + s < T
+            run += tl.load(w + p_s, mask=m_s, other=0.).to(tl.float32)
+            k_s = tl.load(k + p_s, mask=m_s, other=0.).to(tl.float32)
+            e_s = tl.exp(tl.where(o_t[:, None] > s, ge - run[None, :], float('-inf')))
+            is_s = o_t[:, None] == s
+            dwi = tl.where(is_s, tl.sum(tl.where(o_t[:, None] > s, R, 0.), axis=0)[None, :], dwi)
+            A = tl.where(o_t[None, :] == s, tl.sum(b_r * k_s[None, :] * e_s, axis=1)[:, None], A)
+            E = tl.sum(tl.where(o_t[None, :] == s, dA, 0.), axis=1)[:, None] * e_s          # dA[t,s] e_s[t]
+            dq += E * k_s[None, :]
+            Er = E * b_r
+            dks = tl.where(is_s, dks + tl.sum(Er, axis=0)[None, :], dks)
+            R += Er * k_s[None, :]
+    else:
+        # per level (see _level): q = r*qe (upper rows), kf = k*ke (lower rows), dA_l = dA on the level's pairs;
+        # dq += qe * (dA_l @ kf), dk += ke * (dA_l^T @ q). For dw, a pair (s, t) of the level spans every tau with
+        # s < tau < t: a lower-half tau sees all of the block's upper t, so it sums the pair terms of the sources
+        # s < tau (k * dk_l rows); an upper-half tau sums those of the readers t > tau (r * dq_l rows); one 0/1 mask
+        # dot per level does both, each pair term carrying its own decay (no difference of large sums).
+        for L in tl.static_range(LOG2_BT):
+            qe, ke, m, span = _level(BT >> (L + 1), ge, gi, BT)
+            q = b_r * qe
+            kf = b_k * ke
+            A += tl.where(m, tl.dot(q, tl.trans(kf), input_precision=PREC), 0.)
+            dA_l = tl.where(m, dA, 0.)
+            dq_l = qe * tl.dot(dA_l, kf, input_precision=PREC)
+            dk_l = ke * tl.dot(tl.trans(dA_l), q, input_precision=PREC)
+            dq += dq_l
+            dks += dk_l
+            dwi += tl.dot(span, b_r * dq_l + b_k * dk_l, input_precision=PREC)
     vg = tl.sum(b_v * b_gy, axis=1)                                      # [BT]
     tl.store(dr + i_v * kv_pstride + p_k, dq + b_u[None, :] * b_k * vg[:, None], mask=mt[:, None])
     tl.store(dk + i_v * kv_pstride + p_k, dks + b_u[None, :] * b_r * vg[:, None], mask=mt[:, None])
@@ -233,7 +299,7 @@ def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_
 def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride,
                i_k, i_bh, base, b_u,
                H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               PREC: tl.constexpr):
+               PREC: tl.constexpr, INTRA: tl.constexpr):
     """One chunk of the fused backward, in reverse order: takes dL/dS at the chunk end, returns it
     at the chunk start (and the running du)."""
     i_v = tl.program_id(1)
@@ -241,16 +307,16 @@ def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_ps
     o_v = i_v * BV + tl.arange(0, BV)
     b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
     du_c, b_re, b_gy, glast = _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_pstride,
-                                           i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC)
+                                           i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC, INTRA)
     b_G = b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_re), b_gy, input_precision=PREC)
     return b_G, b_du + du_c
 
 
-@triton.autotune(configs=_configs([(8, 1), (4, 1), (8, 2)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.autotune(configs=_configs([(8, 1), (4, 1), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
 @triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride'])
 def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_pstride, v_pstride,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                     BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
+                     BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr, INTRA: tl.constexpr):
     i_k = tl.program_id(0)
     i_v = tl.program_id(1)
     i_bh = tl.program_id(2).to(tl.int64)
@@ -267,13 +333,13 @@ def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, k
         for c2 in range(0, NTI):
             b_G, b_du = _bwd_chunk(tl.cast(NTI - 1 - c2, tl.int64), NTI, b_G, b_du, r, k, v, w, hbuf, gy,
                                    dr, dk, dv, dw, T, kv_pstride, v_pstride, i_k, i_bh, base, b_u,
-                                   H, N, BT, BK, BV, PREC)
+                                   H, N, BT, BK, BV, PREC, INTRA)
     else:
         NT = tl.cdiv(T, BT)
         for c2 in range(0, NT):
             b_G, b_du = _bwd_chunk(tl.cast(NT - 1 - c2, tl.int64), NT, b_G, b_du, r, k, v, w, hbuf, gy,
                                    dr, dk, dv, dw, T, kv_pstride, v_pstride, i_k, i_bh, base, b_u,
-                                   H, N, BT, BK, BV, PREC)
+                                   H, N, BT, BK, BV, PREC, INTRA)
     tl.store(ds0 + st_off, b_G)
     tl.store(du + ((i_v * (tl.num_programs(2) // H) + i_b) * H + i_h) * N + o_k, b_du)
 
@@ -328,10 +394,10 @@ def _scan_fwd_kernel(k, v, w, s0, sT, hbuf, T, H: tl.constexpr, N: tl.constexpr,
     tl.store(sT + st_off, b_S)
 
 
-@triton.autotune(configs=_configs([(8, 1), (4, 1)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.autotune(configs=_configs([(8, 1), (4, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
 @triton.jit(do_not_specialize=['T', 'y_pstride', 'NT'])
 def _out_fwd_kernel(r, k, v, w, u, hbuf, y, T, y_pstride, NT, H: tl.constexpr, N: tl.constexpr,
-                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, INTRA: tl.constexpr):
     cc = tl.program_id(0).to(tl.int64)
     i_k = tl.program_id(1) // (N // BV)
     i_v = tl.program_id(1) % (N // BV)
@@ -342,7 +408,7 @@ def _out_fwd_kernel(r, k, v, w, u, hbuf, y, T, y_pstride, NT, H: tl.constexpr, N
     base = ((i_bh // H) * T * H + i_h) * N
     b_u = tl.load(u + i_h * N + o_k).to(tl.float32)
     b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
-    _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC)
+    _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC, INTRA)
 
 
 @triton.jit
@@ -389,11 +455,11 @@ def _scan_bwd_kernel(r, w, gy, gsT, ds0, dhbuf, T, H: tl.constexpr, N: tl.conste
     tl.store(ds0 + st_off, b_G)
 
 
-@triton.autotune(configs=_configs([(8, 1), (16, 1)]), key=['N', 'BK', 'BV', 'PREC'])
+@triton.autotune(configs=_configs([(8, 1), (16, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
 @triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride', 'NT'])
 def _out_bwd_kernel(r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_pstride, v_pstride, NT,
                     H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    PREC: tl.constexpr):
+                    PREC: tl.constexpr, INTRA: tl.constexpr):
     cc = tl.program_id(0).to(tl.int64)
     i_k = tl.program_id(1) // (N // BV)
     i_v = tl.program_id(1) % (N // BV)
@@ -406,7 +472,7 @@ def _out_bwd_kernel(r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps
     b_u = tl.load(u + i_h * N + o_k).to(tl.float32)
     du_c, b_re, b_gy, glast = _chunk_grads(cc, tl.load(hbuf + st), tl.load(dhbuf + st), r, k, v, w, gy, dr, dk,
                                            dv, dw, T, kv_pstride, v_pstride, i_k, i_v, base, b_u,
-                                           H, N, BT, BK, BV, PREC)
+                                           H, N, BT, BK, BV, PREC, INTRA)
     tl.store(du + ((i_v * tl.num_programs(2) + i_bh) * NT + cc) * N + o_k, du_c)
 
 
@@ -435,6 +501,16 @@ def _nti(T):
 
 def _prec(dtype):
     return 'ieee' if dtype == torch.float32 else 'tf32'
+
+
+def _intra():
+    """How the chunk kernels form the intra-chunk pairs: 0 = one source column at a time (the default, measured
+    and GPU-tested), 1 = log2(BT) levels of factorised tensor-core dots (_level; CPU-tested, ptxas-checked, not
+    yet timed on a GPU). WKV6_TRITON_INTRA = columns | levels."""
+    m = os.environ.get('WKV6_TRITON_INTRA', 'columns')
+    if m not in ('columns', 'levels'):
+        raise ValueError(f"WKV6_TRITON_INTRA must be 'columns' or 'levels', got {m!r}")
+    return 0 if m == 'columns' else 1
 
 
 def _mode(B, H, T):
@@ -480,13 +556,13 @@ def _fwd_impl(r, k, v, w, u, s0, save):
         _scan_fwd_kernel[(N // SK, N // SV, B * H)](k, v, w, s0, sT, hbuf, T, H=H, N=N, BT=BT_DEFAULT,
                                                     BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
         _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=BT_DEFAULT,
-                                              BK=BK, BV=BV, PREC=prec)
+                                              BK=BK, BV=BV, PREC=prec, INTRA=_intra())
         if not save:
             hbuf = s0.new_empty((0,))
     else:
         hbuf = s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,))
         _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride, H=H, N=N, BT=BT_DEFAULT,
-                                          BK=BK, BV=BV, SAVE=save, PREC=prec, NTI=_nti(T))
+                                          BK=BK, BV=BV, SAVE=save, PREC=prec, NTI=_nti(T), INTRA=_intra())
     if NK > 1:
         y = y.sum(0).to(r.dtype)
     return y, sT, hbuf
@@ -514,12 +590,13 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
         _scan_bwd_kernel[(N // SK, N // SV, B * H)](r, w, gy, gsT, ds0, dhbuf, T, H=H, N=N, BT=BT_DEFAULT,
                                                     BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
         _out_bwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps, v_ps,
-                                              NT, H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec)
+                                              NT, H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec, INTRA=_intra())
         du = du.view(NV, B, H, NT, N).sum((0, 1, 3))
     else:
         du = r.new_empty((NV, B, H, N), dtype=f32)
         _wkv6_bwd_kernel[(NK, NV, B * H)](r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_ps, v_ps,
-                                          H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec, NTI=_nti(T))
+                                          H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec, NTI=_nti(T),
+                                          INTRA=_intra())
         du = du.sum((0, 1))
     if NV > 1:
         dr, dk, dw = dr.sum(0).to(r.dtype), dk.sum(0).to(r.dtype), dw.sum(0)
@@ -590,205 +667,9 @@ def wkv6_triton(r, k, v, w, u, state=None):
     return y, sT
 
 
-# ----------------------------------------------------------------------------------------------
-# benchmark:  python wkv6_triton.py --bench [--out=DIR] [--deadline_s=SECONDS]
-
-# (B, T, H), N=64, bf16: the kernels issue's four shapes, then gf_mh_8m's training call (16,384 tokens, 3 heads)
-BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4), (64, 256, 3)]
-# extra Triton (BK, BV) splits tried per shape after the defaults, while time remains
-BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64'], 3: ['16,16', '32,16'],
-                  4: ['64,32']}
-
-
-def _time_ms(fn, reps, warmup=3):
-    """Per-repeat CUDA-event times (ms) after `warmup` untimed calls (autotune/compile land there)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return out
-
-
-def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
-def bench(argv):
-    import json
-    import platform
-    import subprocess
-    import time
-    import wkv6 as W
-    opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
-    out_dir = opts.get('out', 'results')
-    deadline = time.time() + float(opts.get('deadline_s', 1e9))
-    reps = int(opts.get('reps', 20))
-    want_impls = opts.get('impls', 'torch_chunked,triton,cuda,fla_chunk_rwkv6').split(',')
-    want_shapes = [int(x) for x in opts.get('shapes', '0,1,2,3,4').split(',')]
-    want_modes = opts.get('modes', 'split,fused').split(',')   # Triton schedules timed at every shape
-    want_variants = opts.get('variants', '1') == '1'
-    os.makedirs(out_dir, exist_ok=True)
-    dev = 'cuda'
-    seed = 1234
-    torch.manual_seed(seed)
-
-    def sh(cmd):
-        try:
-            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
-        except Exception:
-            return ''
-    sha = os.environ.get('WKV6_GIT_SHA') or sh('git rev-parse HEAD')
-    dirty = os.environ.get('WKV6_GIT_DIRTY') or ('1' if sh('git status --porcelain -- wkv6.py wkv6_triton.py wkv6.cu') else '0')
-    meta = {
-        'command': ' '.join([sys.executable] + sys.argv), 'git_sha': sha, 'git_dirty': dirty == '1',
-        'device': torch.cuda.get_device_name(), 'driver': sh('nvidia-smi --query-gpu=driver_version --format=csv,noheader'),
-        'torch': torch.__version__, 'triton': triton.__version__, 'python': platform.python_version(),
-        'cuda_runtime': torch.version.cuda, 'seed': seed, 'reps': reps, 'N': 64, 'dtype': 'bf16',
-        'timing': 'CUDA events around each call, 3 warm-up calls excluded; medians of per-repeat ms',
-    }
-    print(f"device: {meta['device']}  driver {meta['driver']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
-
-    # measured device copy bandwidth (bytes read + written) for the I/O floor
-    x = torch.empty(2 ** 28, dtype=torch.float32, device=dev).normal_()
-    yb = torch.empty_like(x)
-    cp = _time_ms(lambda: yb.copy_(x), 10)
-    bw = 2 * x.numel() * 4 / (_median(cp) * 1e-3)
-    meta['copy_bandwidth_GBps'] = bw / 1e9
-    del x, yb
-
-    impls = {'torch_chunked': lambda *a: W.wkv6_torch_chunked(*a), 'triton': wkv6_triton, 'cuda': W.wkv6_cuda}
-    impls = {n: f for n, f in impls.items() if n in want_impls}
-    meta['triton_mode'] = f"each of {want_modes} per shape (WKV6_TRITON_MODE); '*' = the schedule auto picks"
-    try:
-        if 'fla_chunk_rwkv6' not in want_impls:
-            raise ImportError('not requested (--impls)')
-        from fla.ops.rwkv6 import chunk_rwkv6
-
-        def fla_fn(r, k, v, w, u, s0):
-            return chunk_rwkv6(r, k, v, w, u, scale=1.0, initial_state=s0, output_final_state=True)
-        impls['fla_chunk_rwkv6'] = fla_fn
-        import fla
-        meta['fla'] = getattr(fla, '__version__', '?')
-    except Exception as e:
-        meta['fla'] = f'not importable: {type(e).__name__}: {e}'
-    results = []
-
-    def one(shape_i, name, fn, label=None, mode=None):
-        if mode is not None:   # this measurement's Triton schedule (restored after it)
-            os.environ['WKV6_TRITON_MODE'] = mode
-            try:
-                return one(shape_i, name, fn, label)
-            finally:
-                os.environ.pop('WKV6_TRITON_MODE', None)
-        B, T, H = BENCH_SHAPES[shape_i]
-        N = 64
-        g = torch.Generator(device=dev).manual_seed(seed + shape_i)
-        sets = []
-        for _ in range(2):   # two input sets, alternated, so small shapes are not timed out of L2
-            r, k, v = (torch.randn(B, T, H, N, device=dev, generator=g).to(torch.bfloat16) for _ in range(3))
-            w = -torch.exp(-1 + 0.5 * torch.randn(B, T, H, N, device=dev, generator=g))
-            u = torch.randn(H, N, device=dev, generator=g)
-            s0 = torch.randn(B, H, N, N, device=dev, generator=g)
-            sets.append([r, k, v, w, u, s0])
-        gy = torch.randn(B, T, H, N, device=dev, generator=g).to(torch.bfloat16)
-        gs = torch.randn(B, H, N, N, device=dev, generator=g)
-        n_el = B * T * H * N
-        io_fwd = n_el * (3 * 2 + 4 + 2) + 2 * B * H * N * N * 4
-        io_fb = io_fwd + n_el * (3 * 2 + 4 + 2 + 3 * 2 + 4) + 2 * B * H * N * N * 4
-        rec = {'shape': [B, T, H, N], 'impl': label or name, 'io_floor_fwd_ms': io_fwd / bw * 1e3,
-               'io_floor_fwdbwd_ms': io_fb / bw * 1e3}
-        it = [0]
-
-        def fwd():
-            it[0] ^= 1
-            with torch.no_grad():
-                fn(*sets[it[0]])
-
-        grad_sets = [[t.detach().clone().requires_grad_() for t in st] for st in sets]
-
-        def fwdbwd():
-            it[0] ^= 1
-            xs = grad_sets[it[0]]
-            for t in xs:
-                t.grad = None
-            y, s = fn(*xs)
-            torch.autograd.backward([y, s], [gy, gs])
-        try:
-            t0 = time.time()
-            rec['fwd_ms'] = _time_ms(fwd, reps)
-            rec['fwdbwd_ms'] = _time_ms(fwdbwd, reps)
-            rec['fwd_median_ms'] = _median(rec['fwd_ms'])
-            rec['fwdbwd_median_ms'] = _median(rec['fwdbwd_ms'])
-            rec['wall_s'] = time.time() - t0
-            try:
-                with torch.no_grad():   # sanity: same answer as the CUDA kernel on these inputs
-                    ya, sa = fn(*sets[0])
-                    yb_, sb = W.wkv6_cuda(*sets[0])
-                    rec['y_rel_vs_cuda'] = ((ya.float() - yb_.float()).norm() / yb_.float().norm()).item()
-                    rec['state_rel_vs_cuda'] = ((sa.float() - sb.float()).norm() / sb.float().norm()).item()
-            except Exception as e:
-                rec['y_rel_vs_cuda'] = float('nan')
-                rec['compare_error'] = f"{type(e).__name__}: {str(e)[:200]}"
-            print(f"{str((B, T, H)):>16} {rec['impl']:>22}: fwd {rec['fwd_median_ms']:8.3f} ms   fwd+bwd "
-                  f"{rec['fwdbwd_median_ms']:8.3f} ms   (floor {rec['io_floor_fwd_ms']:.3f} / {rec['io_floor_fwdbwd_ms']:.3f})"
-                  f"  y_rel_vs_cuda {rec['y_rel_vs_cuda']:.1e}", flush=True)
-        except Exception as e:
-            rec['error'] = f"{type(e).__name__}: {str(e)[:500]}"
-            print(f"{str((B, T, H)):>16} {rec['impl']:>22}: ERROR {rec['error']}", flush=True)
-        results.append(rec)
-        del sets, grad_sets
-        torch.cuda.empty_cache()
-
-    def save():
-        path = os.path.join(out_dir, 'wkv6_bench.json')
-        with open(path, 'w') as f:
-            json.dump({'meta': meta, 'results': results}, f, indent=1)
-        return path
-
-    for si, (B, T, H) in enumerate(BENCH_SHAPES):
-        if si not in want_shapes:
-            continue
-        for name, fn in impls.items():
-            if time.time() > deadline:
-                break
-            if name == 'torch_chunked' and (B * H * T > 300_000 or T > 4096):
-                continue   # ~B*H*T*16*64*4 bytes per autograd temporary: too large to be worth timing
-            os.environ.pop('WKV6_TRITON_BLOCKS', None)
-            if name != 'triton':
-                one(si, name, fn, name)
-                continue
-            for mode in want_modes:   # both schedules side by side; '*' marks the one 'auto' picks at this T
-                label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
-                    ('triton-fused[%d,%d]' % _blocks(B, H, 64))
-                one(si, name, fn, label + ('*' if _mode(B, H, T) == mode else ''), mode=mode)
-        save()
-    for si in (want_shapes if want_variants and 'triton' in impls else []):
-        for var in BENCH_VARIANTS.get(si, []):
-            if time.time() > deadline:
-                break
-            os.environ['WKV6_TRITON_BLOCKS'] = var
-            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]', mode='fused')
-            save()
-    os.environ.pop('WKV6_TRITON_BLOCKS', None)
-    path = save()
-    print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
-    for rcd in results:
-        if 'error' not in rcd:
-            print(f"  {str(tuple(rcd['shape'][:3])):>16} {rcd['impl']:>22} {rcd['fwd_median_ms']:8.3f} {rcd['fwdbwd_median_ms']:8.3f}")
-    print("wrote", path)
-
-
 if __name__ == '__main__':
-    if '--bench' in sys.argv:
-        bench(sys.argv[1:])
+    if '--bench' in sys.argv:   # the timer lives in wkv6_bench.py
+        from wkv6_bench import bench
+        bench([a for a in sys.argv[1:] if a != '--bench'])
     else:
-        print("usage: python wkv6_triton.py --bench [--out=DIR] [--deadline_s=S] [--reps=R]")
+        print("usage: python wkv6_triton.py --bench [--out=DIR] [--deadline_s=S] [--reps=R]  (see wkv6_bench.py)")

@@ -20,7 +20,8 @@
 # is stopped cleanly by SIGTERM at that limit; EFF_TARGET_gpt2_124m (0.95); RUNS (per_gpu,multi,same_batch: which
 # runs; ddp_eval.py needs all three) and "pair" in RUNS adds a control: two independent one-GPU runs at once (one
 # per GPU, no DDP, the per-rank batch), to tell DDP's own cost from what two busy processes cost the host;
-# TRAIN_ARGS: extra train.py options for every run (e.g. "--ddp_bucket_mb=100"; NAME_SUFFIX names such a variant).
+# TRAIN_ARGS: extra train.py options for every run (e.g. "--ddp_bucket_mb=100", "--ddp_bucket_view=True",
+# "--ddp_grad_dtype=bfloat16"; NAME_SUFFIX names such a variant).
 set -uo pipefail
 
 smoke=0

@@ -256,7 +256,7 @@ def test_generate_sigterm_writes_the_finished_measurements(tiny_data, tmp_path, 
 
 
 def test_kernel_mode_converts_the_kernel_timer_output(tmp_path, monkeypatch):
-    """--what=kernel runs wkv6_triton.bench (GPU only) and rewrites its wkv6_bench.json in the results format.
+    """--what=kernel runs wkv6_bench.bench (GPU only) and rewrites its wkv6_bench.json in the results format.
     A stand-in timer writes that file here; without CUDA the mode is a clear error."""
     import types
     with pytest.raises(bench.BenchError, match="CUDA machine"):
@@ -273,7 +273,7 @@ def test_kernel_mode_converts_the_kernel_timer_output(tmp_path, monkeypatch):
                     y_rel_vs_cuda=1e-3)]
         with open(os.path.join(out, "wkv6_bench.json"), "w") as f:
             json.dump({"meta": meta, "results": res}, f)
-    monkeypatch.setitem(sys.modules, "wkv6_triton", types.SimpleNamespace(bench=fake_bench))
+    monkeypatch.setitem(sys.modules, "wkv6_bench", types.SimpleNamespace(bench=fake_bench))
     monkeypatch.setattr(bench, "_cuda_ok", lambda: True)
     doc = json.load(open(bench.main(["--what=kernel", "--reps=20", f"--out={tmp_path}"])))
     assert "--reps=20" in seen["argv"] and doc["what"] == "kernel"
@@ -348,7 +348,7 @@ def test_kernel_mode_converts_an_earlier_measurement(tmp_path):
     assert doc["git"] == {"sha": "feedbeef", "dirty": False} and doc["device_name"] == H100
     assert doc["versions"]["torch"] == "2.11" and any("python3 wkv6_triton.py --bench" in n for n in doc["notes"])
     assert doc["summary"]["rows"][0]["shape"] == "1x16384x4x64" and doc["summary"]["rows"][0]["error"] == "OOM"
-    with pytest.raises(bench.BenchError, match="not wkv6_triton.bench output"):  # a results file is not a source
+    with pytest.raises(bench.BenchError, match="not wkv6_bench.bench output"):  # a results file is not a source
         bench.main(["--what=kernel", f"--from={next(tmp_path.glob('*_k.json'))}", f"--out={tmp_path}"])
 
 

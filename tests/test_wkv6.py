@@ -76,20 +76,25 @@ def test_torch_chunked_vs_naive(B, T, H, N, decay):
     check_against_reference(wkv6_torch_chunked, B, T, H, N, decay, seed=1000 + T)
 
 
+@pytest.mark.parametrize("intra", ['columns', 'levels'])
 @pytest.mark.parametrize("mode", ['split', 'fused'])
 @pytest.mark.parametrize("B,T,H,N,decay", CASES)
-def test_triton_interpreter_vs_naive(B, T, H, N, decay, mode, monkeypatch):
-    """Both Triton schedules: 'split' (state scan + chunk-parallel outputs) and 'fused'."""
+def test_triton_interpreter_vs_naive(B, T, H, N, decay, mode, intra, monkeypatch):
+    """Both Triton schedules, 'split' (state scan + chunk-parallel outputs) and 'fused', each with both forms of
+    the intra-chunk pairs: one source column at a time, and factorised dots by levels (WKV6_TRITON_INTRA)."""
     from wkv6_triton import wkv6_triton
     monkeypatch.setenv('WKV6_TRITON_MODE', mode)
+    monkeypatch.setenv('WKV6_TRITON_INTRA', intra)
     check_against_reference(wkv6_triton, B, T, H, N, decay, seed=2000 + T)
 
 
+@pytest.mark.parametrize("intra", ['columns', 'levels'])
 @pytest.mark.parametrize("mode", ['split', 'fused'])
-def test_triton_key_value_split(mode, monkeypatch):
+def test_triton_key_value_split(mode, intra, monkeypatch):
     """Key/value dims split over programs (partial buffers summed on the host)."""
     from wkv6_triton import wkv6_triton
     monkeypatch.setenv('WKV6_TRITON_MODE', mode)
+    monkeypatch.setenv('WKV6_TRITON_INTRA', intra)
     monkeypatch.setenv('WKV6_TRITON_BLOCKS', '16,16')       # fused: N=32 -> 2 key x 2 value blocks
     monkeypatch.setenv('WKV6_TRITON_SCAN_BLOCKS', '16,16')  # split: scan tiles 16x16
     check_against_reference(wkv6_triton, 1, 23, 1, 32, 'real', seed=7)
@@ -123,20 +128,30 @@ def test_segments_with_carried_state_equal_one_call(which):  # triton: default (
         assert rel(a, c) <= TOL, f"{which} segmented vs float64 reference: {n} {rel(a, c):.2e}"
 
 
-def test_chunked_survives_extreme_decay_without_nan():
-    """w = -1e4 (decay exactly 0 in fp32) and w = 0 (no decay) mixed: finite, matches reference."""
+@pytest.mark.parametrize("which", ['torch', 'triton-columns', 'triton-levels'])
+def test_chunked_survives_extreme_decay_without_nan(which, monkeypatch):
+    """w = -1e4 (decay exactly 0 in fp32) and w = 0 (no decay) mixed: finite, matches reference. The torch path
+    builds every exponent as a plain segment sum (TOL); the Triton kernels take differences of within-chunk running
+    sums, which reach ~6e4 here, where one fp32 ulp is 4e-3 on an exponent: measured y 1.9e-4, dw 4.4e-4 (both
+    intra forms; the [16,16,BK] version before them: 3.1e-4, 7.6e-4), so they are held to 1e-3 on every output —
+    finite and without a wrong term, but not fp32-tight in this regime (realistic and strong decays, w >= -31, meet
+    TOL above)."""
+    from wkv6_triton import wkv6_triton
+    if which != 'torch':
+        monkeypatch.setenv('WKV6_TRITON_INTRA', which.split('-')[1])
     inputs, upstream = make_inputs(1, 20, 1, 16, 'real', seed=5)
     r, k, v, w, u, s0 = inputs
     w = w.clone()
     w[:, ::3] = -1e4
     w[:, 1::3] = 0.0
     ref = run_with_grads(wkv6_naive, (r, k, v, w, u, s0), upstream, torch.float64)
-    out = run_with_grads(wkv6_torch_chunked, (r, k, v, w, u, s0), upstream, torch.float32)
+    out = run_with_grads(wkv6_torch_chunked if which == 'torch' else wkv6_triton, (r, k, v, w, u, s0), upstream,
+                         torch.float32)
     for n, a, b in zip(NAMES, out, ref):
-        if n == 'dw':   # dw of a fully-decayed step is ~0 in truth: compare absolutely
+        if n == 'dw' and which == 'torch':   # dw of a fully-decayed step is ~0 in truth: compare absolutely
             assert torch.isfinite(a).all() and (a.double() - b).abs().max() < 1e-3
             continue
-        assert rel(a, b) <= TOL, f"{n}: {rel(a, b):.2e}"
+        assert rel(a, b) <= (TOL if which == 'torch' else 1e-3), f"{n}: {rel(a, b):.2e}"
 
 
 def test_dispatcher_on_cpu():
@@ -185,3 +200,7 @@ def test_triton_schedule_rule(monkeypatch):
     monkeypatch.setenv('WKV6_TRITON_MODE', 'chunked')
     with pytest.raises(ValueError, match="must be 'split' or 'fused'"):
         _mode(1, 1, 1)
+    from wkv6_triton import _intra
+    monkeypatch.setenv('WKV6_TRITON_INTRA', 'dots')
+    with pytest.raises(ValueError, match="must be 'columns' or 'levels'"):
+        _intra()

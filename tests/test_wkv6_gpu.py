@@ -161,12 +161,26 @@ def test_auto_backend_is_cuda():
     assert wkv6_backend(DEV, 64) == 'cuda'
 
 
-def test_triton_fused_schedule(monkeypatch):
-    """The single-pass ('fused') Triton schedule, kept as the alternative to the default 'split'."""
-    monkeypatch.setenv('WKV6_TRITON_MODE', 'fused')
+@pytest.mark.parametrize("mode", ['fused', 'split'])
+def test_triton_other_schedule(mode, monkeypatch):
+    """Both Triton schedules whatever 'auto' picks at this shape (B*H = 4 takes 'split')."""
+    monkeypatch.setenv('WKV6_TRITON_MODE', mode)
     inputs, upstream = make_inputs(2, 1000, 2, 64, 'real', seed=1000, dtype=torch.bfloat16)
     ref = reference((1000, 'bf16'), inputs, upstream)
     check('triton', inputs, upstream, ref, 5e-3)
+
+
+@pytest.mark.parametrize("mode", ['fused', 'split'])
+@pytest.mark.parametrize("dtype,T,decay", [('bf16', 1000, 'real'), ('fp32', 64, 'real'), ('fp16', 17, 'real'),
+                                           ('fp32', 100, 'strong')])
+def test_triton_levels_intra(dtype, T, decay, mode, monkeypatch):
+    """WKV6_TRITON_INTRA=levels: the intra-chunk pairs as factorised tensor-core dots (opt-in until timed)."""
+    monkeypatch.setenv('WKV6_TRITON_INTRA', 'levels')
+    monkeypatch.setenv('WKV6_TRITON_MODE', mode)
+    dt, tol = DTYPES[dtype]
+    inputs, upstream = make_inputs(2 if decay == 'real' else 1, T, 2, 64, decay, seed=T, dtype=dt)
+    ref = reference((T, dtype) if decay == 'real' else 'strong', inputs, upstream)
+    check('triton', inputs, upstream, ref, tol)
 
 
 @pytest.mark.parametrize("dtype,T", [('bf16', 1000), ('fp32', 64)])

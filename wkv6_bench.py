@@ -1,0 +1,222 @@
+"""
+The WKV-6 kernel timer (the kernels issue's bench): CUDA events around each call, warm-up excluded, medians of
+per-repeat ms, and the I/O floor from a measured copy bandwidth. In one process on one GPU it times the torch chunked
+path, both Triton schedules x both intra-chunk forms (wkv6_triton.py), the CUDA kernel (wkv6.cu) and fla's
+chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `python bench.py --what=kernel
+--from=...`, or run `python bench.py --what=kernel`, which calls bench() here).
+
+    python wkv6_bench.py [--out=DIR] [--deadline_s=S] [--reps=R] [--impls=triton,cuda,...] [--shapes=0,1,...]
+                         [--modes=split,fused] [--intras=columns,levels] [--variants=0|1]
+(`python wkv6_triton.py --bench ...` is the same.)
+"""
+import os
+import sys
+
+import torch
+import triton
+
+from wkv6_triton import _blocks, _mode, _scan_blocks, wkv6_triton
+
+# (B, T, H), N=64, bf16: the kernels issue's four shapes, then gf_mh_8m's training call (16,384 tokens, 3 heads)
+BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4), (64, 256, 3)]
+# extra Triton (BK, BV) splits tried per shape after the defaults, while time remains
+BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64'], 3: ['16,16', '32,16'],
+                  4: ['64,32']}
+
+
+def _time_ms(fn, reps, warmup=3):
+    """Per-repeat CUDA-event times (ms) after `warmup` untimed calls (autotune/compile land there)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def bench(argv):
+    import json
+    import platform
+    import subprocess
+    import time
+    import wkv6 as W
+    opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+    out_dir = opts.get('out', 'results')
+    deadline = time.time() + float(opts.get('deadline_s', 1e9))
+    reps = int(opts.get('reps', 20))
+    want_impls = opts.get('impls', 'torch_chunked,triton,cuda,fla_chunk_rwkv6').split(',')
+    want_shapes = [int(x) for x in opts.get('shapes', '0,1,2,3,4').split(',')]
+    want_modes = opts.get('modes', 'split,fused').split(',')   # Triton schedules timed at every shape
+    want_intras = opts.get('intras', 'columns,levels').split(',')   # and forms of the intra-chunk pairs (_intra)
+    want_variants = opts.get('variants', '1') == '1'
+    os.makedirs(out_dir, exist_ok=True)
+    dev = 'cuda'
+    seed = 1234
+    torch.manual_seed(seed)
+
+    def sh(cmd):
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20).stdout.strip()
+        except Exception:
+            return ''
+    sha = os.environ.get('WKV6_GIT_SHA') or sh('git rev-parse HEAD')
+    dirty = os.environ.get('WKV6_GIT_DIRTY') or ('1' if sh('git status --porcelain -- wkv6.py wkv6_triton.py wkv6.cu') else '0')
+    meta = {
+        'command': ' '.join([sys.executable] + sys.argv), 'git_sha': sha, 'git_dirty': dirty == '1',
+        'device': torch.cuda.get_device_name(), 'driver': sh('nvidia-smi --query-gpu=driver_version --format=csv,noheader'),
+        'torch': torch.__version__, 'triton': triton.__version__, 'python': platform.python_version(),
+        'cuda_runtime': torch.version.cuda, 'seed': seed, 'reps': reps, 'N': 64, 'dtype': 'bf16',
+        'timing': 'CUDA events around each call, 3 warm-up calls excluded; medians of per-repeat ms',
+    }
+    print(f"device: {meta['device']}  driver {meta['driver']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
+
+    # measured device copy bandwidth (bytes read + written) for the I/O floor
+    x = torch.empty(2 ** 28, dtype=torch.float32, device=dev).normal_()
+    yb = torch.empty_like(x)
+    cp = _time_ms(lambda: yb.copy_(x), 10)
+    bw = 2 * x.numel() * 4 / (_median(cp) * 1e-3)
+    meta['copy_bandwidth_GBps'] = bw / 1e9
+    del x, yb
+
+    impls = {'torch_chunked': lambda *a: W.wkv6_torch_chunked(*a), 'triton': wkv6_triton, 'cuda': W.wkv6_cuda}
+    impls = {n: f for n, f in impls.items() if n in want_impls}
+    meta['triton_mode'] = (f"each of {want_modes} x intra {want_intras} per shape (WKV6_TRITON_MODE, "
+                           f"WKV6_TRITON_INTRA; '/levels' in the label); '*' = what auto runs")
+    try:
+        if 'fla_chunk_rwkv6' not in want_impls:
+            raise ImportError('not requested (--impls)')
+        from fla.ops.rwkv6 import chunk_rwkv6
+
+        def fla_fn(r, k, v, w, u, s0):
+            return chunk_rwkv6(r, k, v, w, u, scale=1.0, initial_state=s0, output_final_state=True)
+        impls['fla_chunk_rwkv6'] = fla_fn
+        import fla
+        meta['fla'] = getattr(fla, '__version__', '?')
+    except Exception as e:
+        meta['fla'] = f'not importable: {type(e).__name__}: {e}'
+    results = []
+
+    def one(shape_i, name, fn, label=None, mode=None, intra=None):
+        if mode is not None:   # this measurement's Triton schedule and intra form (restored after it)
+            os.environ['WKV6_TRITON_MODE'] = mode
+            os.environ['WKV6_TRITON_INTRA'] = intra or 'columns'
+            try:
+                return one(shape_i, name, fn, label)
+            finally:
+                os.environ.pop('WKV6_TRITON_MODE', None)
+                os.environ.pop('WKV6_TRITON_INTRA', None)
+        B, T, H = BENCH_SHAPES[shape_i]
+        N = 64
+        g = torch.Generator(device=dev).manual_seed(seed + shape_i)
+        sets = []
+        for _ in range(2):   # two input sets, alternated, so small shapes are not timed out of L2
+            r, k, v = (torch.randn(B, T, H, N, device=dev, generator=g).to(torch.bfloat16) for _ in range(3))
+            w = -torch.exp(-1 + 0.5 * torch.randn(B, T, H, N, device=dev, generator=g))
+            u = torch.randn(H, N, device=dev, generator=g)
+            s0 = torch.randn(B, H, N, N, device=dev, generator=g)
+            sets.append([r, k, v, w, u, s0])
+        gy = torch.randn(B, T, H, N, device=dev, generator=g).to(torch.bfloat16)
+        gs = torch.randn(B, H, N, N, device=dev, generator=g)
+        n_el = B * T * H * N
+        io_fwd = n_el * (3 * 2 + 4 + 2) + 2 * B * H * N * N * 4
+        io_fb = io_fwd + n_el * (3 * 2 + 4 + 2 + 3 * 2 + 4) + 2 * B * H * N * N * 4
+        rec = {'shape': [B, T, H, N], 'impl': label or name, 'io_floor_fwd_ms': io_fwd / bw * 1e3,
+               'io_floor_fwdbwd_ms': io_fb / bw * 1e3}
+        it = [0]
+
+        def fwd():
+            it[0] ^= 1
+            with torch.no_grad():
+                fn(*sets[it[0]])
+
+        grad_sets = [[t.detach().clone().requires_grad_() for t in st] for st in sets]
+
+        def fwdbwd():
+            it[0] ^= 1
+            xs = grad_sets[it[0]]
+            for t in xs:
+                t.grad = None
+            y, s = fn(*xs)
+            torch.autograd.backward([y, s], [gy, gs])
+        try:
+            t0 = time.time()
+            rec['fwd_ms'] = _time_ms(fwd, reps)
+            rec['fwdbwd_ms'] = _time_ms(fwdbwd, reps)
+            rec['fwd_median_ms'] = _median(rec['fwd_ms'])
+            rec['fwdbwd_median_ms'] = _median(rec['fwdbwd_ms'])
+            rec['wall_s'] = time.time() - t0
+            try:
+                with torch.no_grad():   # sanity: same answer as the CUDA kernel on these inputs
+                    ya, sa = fn(*sets[0])
+                    yb_, sb = W.wkv6_cuda(*sets[0])
+                    rec['y_rel_vs_cuda'] = ((ya.float() - yb_.float()).norm() / yb_.float().norm()).item()
+                    rec['state_rel_vs_cuda'] = ((sa.float() - sb.float()).norm() / sb.float().norm()).item()
+            except Exception as e:
+                rec['y_rel_vs_cuda'] = float('nan')
+                rec['compare_error'] = f"{type(e).__name__}: {str(e)[:200]}"
+            print(f"{str((B, T, H)):>16} {rec['impl']:>22}: fwd {rec['fwd_median_ms']:8.3f} ms   fwd+bwd "
+                  f"{rec['fwdbwd_median_ms']:8.3f} ms   (floor {rec['io_floor_fwd_ms']:.3f} / {rec['io_floor_fwdbwd_ms']:.3f})"
+                  f"  y_rel_vs_cuda {rec['y_rel_vs_cuda']:.1e}", flush=True)
+        except Exception as e:
+            rec['error'] = f"{type(e).__name__}: {str(e)[:500]}"
+            print(f"{str((B, T, H)):>16} {rec['impl']:>22}: ERROR {rec['error']}", flush=True)
+        results.append(rec)
+        del sets, grad_sets
+        torch.cuda.empty_cache()
+
+    def save():
+        path = os.path.join(out_dir, 'wkv6_bench.json')
+        with open(path, 'w') as f:
+            json.dump({'meta': meta, 'results': results}, f, indent=1)
+        return path
+
+    for si, (B, T, H) in enumerate(BENCH_SHAPES):
+        if si not in want_shapes:
+            continue
+        for name, fn in impls.items():
+            if time.time() > deadline:
+                break
+            if name == 'torch_chunked' and (B * H * T > 300_000 or T > 4096):
+                continue   # ~B*H*T*16*64*4 bytes per autograd temporary: too large to be worth timing
+            os.environ.pop('WKV6_TRITON_BLOCKS', None)
+            if name != 'triton':
+                one(si, name, fn, name)
+                continue
+            for intra in want_intras:   # side by side; '*' marks what 'auto' (and the default intra form) runs
+                for mode in want_modes:
+                    label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
+                        ('triton-fused[%d,%d]' % _blocks(B, H, 64))
+                    label += '' if intra == 'columns' else '/levels'
+                    one(si, name, fn, label + ('*' if _mode(B, H, T) == mode and intra == 'columns' else ''),
+                        mode=mode, intra=intra)
+        save()
+    for si in (want_shapes if want_variants and 'triton' in impls else []):
+        for var in BENCH_VARIANTS.get(si, []):
+            if time.time() > deadline:
+                break
+            os.environ['WKV6_TRITON_BLOCKS'] = var
+            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]', mode='fused', intra='columns')
+            save()
+    os.environ.pop('WKV6_TRITON_BLOCKS', None)
+    path = save()
+    print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
+    for rcd in results:
+        if 'error' not in rcd:
+            print(f"  {str(tuple(rcd['shape'][:3])):>16} {rcd['impl']:>22} {rcd['fwd_median_ms']:8.3f} {rcd['fwdbwd_median_ms']:8.3f}")
+    print("wrote", path)
+
+
+if __name__ == '__main__':
+    bench(sys.argv[1:])
