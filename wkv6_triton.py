@@ -49,9 +49,8 @@ import triton.language as tl
 
 from wkv6 import _check_inputs, _prep_fast
 
-BT_DEFAULT = 16
-LOG2_BT = tl.constexpr(4)   # levels of the factorised intra-chunk pairs (INTRA=1)
-assert 2 ** LOG2_BT.value == BT_DEFAULT, "LOG2_BT must be log2(BT_DEFAULT)"
+BT_DEFAULT = 16            # chunk length of the default (column-loop) intra form
+MAX_LEVELS = tl.constexpr(7)   # INTRA=1 unrolls log2(BT) <= 7 levels (chunks of up to 128 tokens)
 
 
 def _configs(pairs):
@@ -148,9 +147,10 @@ def _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u,
     else:   # the same pairs as log2(BT) levels of factorised dots (see _level)
         ge, gi, glast = _level_sums(tl.load(w + p_k, mask=mt[:, None], other=0.).to(tl.float32), BT)
         A = tl.zeros([BT, BT], dtype=tl.float32)
-        for L in tl.static_range(LOG2_BT):
-            qe, ke, m, _ = _level(BT >> (L + 1), ge, gi, BT)
-            A += tl.where(m, tl.dot(b_r * qe, tl.trans(b_k * ke), input_precision=PREC), 0.)
+        for L in tl.static_range(MAX_LEVELS):
+            if (BT >> (L + 1)) > 0:
+                qe, ke, m, _ = _level(BT >> (L + 1), ge, gi, BT)
+                A += tl.where(m, tl.dot(b_r * qe, tl.trans(b_k * ke), input_precision=PREC), 0.)
     b_y = tl.dot(b_r * tl.exp(ge), b_S, input_precision=PREC)
     b_y += tl.dot(A, b_v, input_precision=PREC)
     b_y += tl.sum(b_r * b_u[None, :] * b_k, axis=1)[:, None] * b_v
@@ -266,17 +266,18 @@ def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_
         # s < tau < t: a lower-half tau sees all of the block's upper t, so it sums the pair terms of the sources
         # s < tau (k * dk_l rows); an upper-half tau sums those of the readers t > tau (r * dq_l rows); one 0/1 mask
         # dot per level does both, each pair term carrying its own decay (no difference of large sums).
-        for L in tl.static_range(LOG2_BT):
-            qe, ke, m, span = _level(BT >> (L + 1), ge, gi, BT)
-            q = b_r * qe
-            kf = b_k * ke
-            A += tl.where(m, tl.dot(q, tl.trans(kf), input_precision=PREC), 0.)
-            dA_l = tl.where(m, dA, 0.)
-            dq_l = qe * tl.dot(dA_l, kf, input_precision=PREC)
-            dk_l = ke * tl.dot(tl.trans(dA_l), q, input_precision=PREC)
-            dq += dq_l
-            dks += dk_l
-            dwi += tl.dot(span, b_r * dq_l + b_k * dk_l, input_precision=PREC)
+        for L in tl.static_range(MAX_LEVELS):
+            if (BT >> (L + 1)) > 0:
+                qe, ke, m, span = _level(BT >> (L + 1), ge, gi, BT)
+                q = b_r * qe
+                kf = b_k * ke
+                A += tl.where(m, tl.dot(q, tl.trans(kf), input_precision=PREC), 0.)
+                dA_l = tl.where(m, dA, 0.)
+                dq_l = qe * tl.dot(dA_l, kf, input_precision=PREC)
+                dk_l = ke * tl.dot(tl.trans(dA_l), q, input_precision=PREC)
+                dq += dq_l
+                dks += dk_l
+                dwi += tl.dot(span, b_r * dq_l + b_k * dk_l, input_precision=PREC)
     vg = tl.sum(b_v * b_gy, axis=1)                                      # [BT]
     tl.store(dr + i_v * kv_pstride + p_k, dq + b_u[None, :] * b_k * vg[:, None], mask=mt[:, None])
     tl.store(dk + i_v * kv_pstride + p_k, dks + b_u[None, :] * b_r * vg[:, None], mask=mt[:, None])
@@ -492,11 +493,25 @@ def _blocks(B, H, N):
     return BK, BV
 
 
+def _chunk_len():
+    """Tokens per chunk: 16 for the column-loop intra form (its loops unroll per token); the levels form takes
+    WKV6_TRITON_LEVELS_BT = 16 (default), 32 or 64: longer chunks mean fewer stored states and sequential scan
+    steps, but with every [BT, BK] tile in registers ptxas (sm_90, 8 warps, BK=64) spills the chunk-parallel
+    backward 132 B per thread at 16, 1.7 KB at 32 and 13 KB at 64, so only 16 is a candidate until the tiles are
+    staged through shared memory. All three are CPU-tested."""
+    if _intra() == 0:
+        return BT_DEFAULT
+    bt = int(os.environ.get('WKV6_TRITON_LEVELS_BT', '16'))
+    if bt not in (16, 32, 64):
+        raise ValueError(f"WKV6_TRITON_LEVELS_BT must be 16, 32 or 64, got {bt}")
+    return bt
+
+
 def _nti(T):
     """Under TRITON_INTERPRET, triton 3.6 + numpy >= 2.4 cannot range() over a runtime scalar
     (deps.md §1 pitfall 7), so the interpreter gets the chunk count as a constexpr; compiled
     kernels get 0 and compute it from the runtime T (no recompile per T)."""
-    return triton.cdiv(T, BT_DEFAULT) if os.environ.get('TRITON_INTERPRET') == '1' else 0
+    return triton.cdiv(T, _chunk_len()) if os.environ.get('TRITON_INTERPRET') == '1' else 0
 
 
 def _prec(dtype):
@@ -545,7 +560,7 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     split = _mode(B, H, T) == 'split'
     BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
-    NT = triton.cdiv(T, BT_DEFAULT)
+    NT = triton.cdiv(T, _chunk_len())
     prec = _prec(r.dtype)
     y = torch.empty_like(r) if NK == 1 else r.new_empty((NK, B, T, H, N), dtype=torch.float32)
     sT = torch.empty_like(s0)
@@ -553,15 +568,15 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     if split:
         hbuf = s0.new_empty((B, H, NT, N, N))
         SK, SV = _scan_blocks(B, H, N)
-        _scan_fwd_kernel[(N // SK, N // SV, B * H)](k, v, w, s0, sT, hbuf, T, H=H, N=N, BT=BT_DEFAULT,
+        _scan_fwd_kernel[(N // SK, N // SV, B * H)](k, v, w, s0, sT, hbuf, T, H=H, N=N, BT=_chunk_len(),
                                                     BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
-        _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=BT_DEFAULT,
+        _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=_chunk_len(),
                                               BK=BK, BV=BV, PREC=prec, INTRA=_intra())
         if not save:
             hbuf = s0.new_empty((0,))
     else:
         hbuf = s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,))
-        _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride, H=H, N=N, BT=BT_DEFAULT,
+        _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride, H=H, N=N, BT=_chunk_len(),
                                           BK=BK, BV=BV, SAVE=save, PREC=prec, NTI=_nti(T), INTRA=_intra())
     if NK > 1:
         y = y.sum(0).to(r.dtype)
@@ -573,7 +588,7 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     split = _mode(B, H, T) == 'split'
     BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
-    NT = triton.cdiv(T, BT_DEFAULT)
+    NT = triton.cdiv(T, _chunk_len())
     prec = _prec(r.dtype)
     f32 = torch.float32
     dr = torch.empty_like(r) if NV == 1 else r.new_empty((NV, B, T, H, N), dtype=f32)
@@ -587,15 +602,15 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
         dhbuf = torch.empty_like(hbuf)
         du = r.new_empty((NV, B * H, NT, N), dtype=f32)
         SK, SV = _scan_blocks(B, H, N)
-        _scan_bwd_kernel[(N // SK, N // SV, B * H)](r, w, gy, gsT, ds0, dhbuf, T, H=H, N=N, BT=BT_DEFAULT,
+        _scan_bwd_kernel[(N // SK, N // SV, B * H)](r, w, gy, gsT, ds0, dhbuf, T, H=H, N=N, BT=_chunk_len(),
                                                     BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
         _out_bwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps, v_ps,
-                                              NT, H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec, INTRA=_intra())
+                                              NT, H=H, N=N, BT=_chunk_len(), BK=BK, BV=BV, PREC=prec, INTRA=_intra())
         du = du.view(NV, B, H, NT, N).sum((0, 1, 3))
     else:
         du = r.new_empty((NV, B, H, N), dtype=f32)
         _wkv6_bwd_kernel[(NK, NV, B * H)](r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_ps, v_ps,
-                                          H=H, N=N, BT=BT_DEFAULT, BK=BK, BV=BV, PREC=prec, NTI=_nti(T),
+                                          H=H, N=N, BT=_chunk_len(), BK=BK, BV=BV, PREC=prec, NTI=_nti(T),
                                           INTRA=_intra())
         du = du.sum((0, 1))
     if NV > 1:
@@ -616,7 +631,7 @@ def _tri_fwd(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
 @_tri_fwd.register_fake
 def _(r, k, v, w, u, s0, save):
     B, T, H, N = r.shape
-    NT = triton.cdiv(T, BT_DEFAULT)
+    NT = triton.cdiv(T, _chunk_len())
     return (torch.empty_like(r), torch.empty_like(s0),
             s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,)))
 

@@ -188,6 +188,18 @@ def test_cuda_source_compiles_with_plain_nvcc(tmp_path):
     assert out.stat().st_size > 0
 
 
+@pytest.mark.parametrize("bt,mode", [('32', 'fused'), ('64', 'split')])
+def test_triton_levels_longer_chunks(bt, mode, monkeypatch):
+    """The levels form at 32- and 64-token chunks (WKV6_TRITON_LEVELS_BT): log2(BT) levels, several chunks, a
+    partial last chunk, strong decays."""
+    from wkv6_triton import wkv6_triton
+    monkeypatch.setenv('WKV6_TRITON_INTRA', 'levels')
+    monkeypatch.setenv('WKV6_TRITON_LEVELS_BT', bt)
+    monkeypatch.setenv('WKV6_TRITON_MODE', mode)
+    check_against_reference(wkv6_triton, 1, 150, 1, 32, 'real', seed=31)
+    check_against_reference(wkv6_triton, 1, 130, 2, 16, 'strong', seed=32)
+
+
 def test_triton_schedule_rule(monkeypatch):
     """'auto' picks fused wherever B*H alone gives >= 128 programs, else split (H200 side-by-side timings in
     wkv6_triton._mode); WKV6_TRITON_MODE overrides, and a bad value is one clear error."""
@@ -204,3 +216,8 @@ def test_triton_schedule_rule(monkeypatch):
     monkeypatch.setenv('WKV6_TRITON_INTRA', 'dots')
     with pytest.raises(ValueError, match="must be 'columns' or 'levels'"):
         _intra()
+    from wkv6_triton import _chunk_len
+    monkeypatch.setenv('WKV6_TRITON_INTRA', 'levels')
+    monkeypatch.setenv('WKV6_TRITON_LEVELS_BT', '48')
+    with pytest.raises(ValueError, match="must be 16, 32 or 64"):
+        _chunk_len()
