@@ -80,8 +80,8 @@ compile = torch.cuda.is_available()
 compile_mode = "auto"     # auto: reduce-overhead (CUDA graphs) for one CUDA process, else default | any torch mode
 backend = "auto"          # auto (nccl on cuda, gloo on cpu) | nccl | gloo
 ddp_bucket_mb = 25.0      # DDP's gradient bucket (MiB, PyTorch's default): bigger = fewer all-reduces, less overlap
-ddp_grad_dtype = "float32"  # float32 | bfloat16: all-reduce the gradients in bf16 (half the bytes; PyTorch's
-                          # bf16_compress_hook), cast back before the optimizer
+ddp_grad_dtype = "float32"  # float32 | bfloat16: all-reduce the gradients in bf16 (half the bytes), cast back
+                          # before the optimizer (a comm hook below, as PyTorch's NCCL-only bf16_compress_hook)
 ddp_bucket_view = False   # DDP gradient_as_bucket_view: grads live in the all-reduce buckets (one copy less)
 # -----------------------------------------------------------------------------
 
