@@ -14,7 +14,7 @@ Design (see wkv6.py for the operator's contract):
   tokens, so precision does not degrade with T.
 - The intra-chunk pairs are visited one source column s at a time on [BT, BK] tiles (the first version
   built [BT, BT, BK] temporaries, which spilled: 255 registers + 1.8 KB of spills per thread in the
-  chunk-parallel backward at 4 warps, ptxas for sm_90).
+  chunk-parallel backward at 4 warps, ptxas for sm_90; scripts/wkv6_ptxas.py reports the current kernels).
 - Work splits over key blocks (NK) and value blocks (NV) when B*H is small (B=1, long T):
   everything above is additive over key blocks (y partials summed on the host) and independent
   over value blocks.
@@ -235,15 +235,15 @@ def _chunk_grads(cc, b_S, b_G, r, k, v, w, gy, dr, dk, dv, dw, T, kv_pstride, v_
     # everything that needs the [BK, BV] state tiles before the loop, so they are dead inside it
     b_dv = tl.dot(b_k * ekl, b_G, input_precision=PREC)
     dw_se = tl.exp(glast) * tl.sum(b_S * b_G, axis=1)                   # start->end pairs
-    # intra pairs (s < t), one source column s at a time, each pair with its own decay factor e_s[t]:
-    #   A[t,s] (for dv), dq[t] += dA[t,s] e_s[t] k_s, dk[s] = sum_t dA[t,s] e_s[t] r_t, and for dw every
-    #   pair (s, t) counts at each tau with s < tau < t: R = sum over columns < tau of the pair terms,
-    #   dw_intra[tau] = sum_{t > tau} R[t] (no difference of large sums: strong decays keep accuracy)
     A = tl.zeros([BT, BT], dtype=tl.float32)
     dq = dqx
     dks = dkx
     dwi = tl.zeros([BT, BK], dtype=tl.float32)
     if INTRA == 0:
+        # intra pairs (s < t), one source column s at a time, each pair with its own decay factor e_s[t]:
+        #   A[t,s] (for dv), dq[t] += dA[t,s] e_s[t] k_s, dk[s] = sum_t dA[t,s] e_s[t] r_t, and for dw every
+        #   pair (s, t) counts at each tau with s < tau < t: R = sum over columns < tau of the pair terms,
+        #   dw_intra[tau] = sum_{t > tau} R[t] (no difference of large sums: strong decays keep accuracy)
         R = tl.zeros([BT, BK], dtype=tl.float32)
         run = tl.zeros([BK], dtype=tl.float32)
         for s in tl.static_range(BT):
@@ -496,9 +496,9 @@ def _blocks(B, H, N):
 def _chunk_len():
     """Tokens per chunk: 16 for the column-loop intra form (its loops unroll per token); the levels form takes
     WKV6_TRITON_LEVELS_BT = 16 (default), 32 or 64: longer chunks mean fewer stored states and sequential scan
-    steps, but with every [BT, BK] tile in registers ptxas (sm_90, 8 warps, BK=64) spills the chunk-parallel
-    backward 132 B per thread at 16, 1.7 KB at 32 and 13 KB at 64, so only 16 is a candidate until the tiles are
-    staged through shared memory. All three are CPU-tested."""
+    steps, but with every [BT, BK] tile in registers ptxas (scripts/wkv6_ptxas.py: sm_90, 8 warps, BK=64) spills
+    the chunk-parallel backward 132 B per thread at 16, 1.7 KB at 32 and 13 KB at 64, so only 16 is a candidate
+    until the tiles are staged through shared memory. All three are CPU-tested."""
     if _intra() == 0:
         return BT_DEFAULT
     bt = int(os.environ.get('WKV6_TRITON_LEVELS_BT', '16'))
@@ -507,11 +507,11 @@ def _chunk_len():
     return bt
 
 
-def _nti(T):
+def _nti(T, bt):
     """Under TRITON_INTERPRET, triton 3.6 + numpy >= 2.4 cannot range() over a runtime scalar
     (deps.md §1 pitfall 7), so the interpreter gets the chunk count as a constexpr; compiled
     kernels get 0 and compute it from the runtime T (no recompile per T)."""
-    return triton.cdiv(T, _chunk_len()) if os.environ.get('TRITON_INTERPRET') == '1' else 0
+    return triton.cdiv(T, bt) if os.environ.get('TRITON_INTERPRET') == '1' else 0
 
 
 def _prec(dtype):
@@ -560,7 +560,8 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     split = _mode(B, H, T) == 'split'
     BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
-    NT = triton.cdiv(T, _chunk_len())
+    bt, intra = _chunk_len(), _intra()
+    NT = triton.cdiv(T, bt)
     prec = _prec(r.dtype)
     y = torch.empty_like(r) if NK == 1 else r.new_empty((NK, B, T, H, N), dtype=torch.float32)
     sT = torch.empty_like(s0)
@@ -568,16 +569,16 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     if split:
         hbuf = s0.new_empty((B, H, NT, N, N))
         SK, SV = _scan_blocks(B, H, N)
-        _scan_fwd_kernel[(N // SK, N // SV, B * H)](k, v, w, s0, sT, hbuf, T, H=H, N=N, BT=_chunk_len(),
-                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
-        _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=_chunk_len(),
-                                              BK=BK, BV=BV, PREC=prec, INTRA=_intra())
+        _scan_fwd_kernel[(N // SK, N // SV, B * H)](k, v, w, s0, sT, hbuf, T, H=H, N=N, BT=bt,
+                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T, bt))
+        _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=bt,
+                                              BK=BK, BV=BV, PREC=prec, INTRA=intra)
         if not save:
             hbuf = s0.new_empty((0,))
     else:
         hbuf = s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,))
-        _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride, H=H, N=N, BT=_chunk_len(),
-                                          BK=BK, BV=BV, SAVE=save, PREC=prec, NTI=_nti(T), INTRA=_intra())
+        _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride, H=H, N=N, BT=bt,
+                                          BK=BK, BV=BV, SAVE=save, PREC=prec, NTI=_nti(T, bt), INTRA=intra)
     if NK > 1:
         y = y.sum(0).to(r.dtype)
     return y, sT, hbuf
@@ -588,7 +589,11 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     split = _mode(B, H, T) == 'split'
     BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
-    NT = triton.cdiv(T, _chunk_len())
+    bt, intra = _chunk_len(), _intra()
+    NT = hbuf.shape[2]   # the forward's chunk count: its chunk length must still be in force
+    if NT != triton.cdiv(T, bt):
+        raise RuntimeError(f"wkv6_triton: the forward ran with {NT} chunks of T={T}, the backward would use "
+                           f"{bt}-token chunks; keep WKV6_TRITON_INTRA / WKV6_TRITON_LEVELS_BT fixed between them")
     prec = _prec(r.dtype)
     f32 = torch.float32
     dr = torch.empty_like(r) if NV == 1 else r.new_empty((NV, B, T, H, N), dtype=f32)
@@ -602,16 +607,16 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
         dhbuf = torch.empty_like(hbuf)
         du = r.new_empty((NV, B * H, NT, N), dtype=f32)
         SK, SV = _scan_blocks(B, H, N)
-        _scan_bwd_kernel[(N // SK, N // SV, B * H)](r, w, gy, gsT, ds0, dhbuf, T, H=H, N=N, BT=_chunk_len(),
-                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T))
+        _scan_bwd_kernel[(N // SK, N // SV, B * H)](r, w, gy, gsT, ds0, dhbuf, T, H=H, N=N, BT=bt,
+                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T, bt))
         _out_bwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps, v_ps,
-                                              NT, H=H, N=N, BT=_chunk_len(), BK=BK, BV=BV, PREC=prec, INTRA=_intra())
+                                              NT, H=H, N=N, BT=bt, BK=BK, BV=BV, PREC=prec, INTRA=intra)
         du = du.view(NV, B, H, NT, N).sum((0, 1, 3))
     else:
         du = r.new_empty((NV, B, H, N), dtype=f32)
         _wkv6_bwd_kernel[(NK, NV, B * H)](r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_ps, v_ps,
-                                          H=H, N=N, BT=_chunk_len(), BK=BK, BV=BV, PREC=prec, NTI=_nti(T),
-                                          INTRA=_intra())
+                                          H=H, N=N, BT=bt, BK=BK, BV=BV, PREC=prec, NTI=_nti(T, bt),
+                                          INTRA=intra)
         du = du.sum((0, 1))
     if NV > 1:
         dr, dk, dw = dr.sum(0).to(r.dtype), dk.sum(0).to(r.dtype), dw.sum(0)

@@ -12,6 +12,7 @@ decays, where one fp32 ulp of the exponent is ~3e-5 relative on the factor. Meas
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -221,3 +222,16 @@ def test_triton_schedule_rule(monkeypatch):
     monkeypatch.setenv('WKV6_TRITON_LEVELS_BT', '48')
     with pytest.raises(ValueError, match="must be 16, 32 or 64"):
         _chunk_len()
+
+
+def test_ptxas_report_compiles_the_chunk_kernels_for_sm90():
+    """scripts/wkv6_ptxas.py (the README's register / instruction counts) works without a GPU: the chunk-parallel
+    forward of each intra form compiles for sm_90 without spills, and the levels form runs less code."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wkv6_ptxas.py"), "--only=chunk_fwd"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {ln.split()[1]: [int(x) for x in ln.split()[3:]] for ln in out.stdout.splitlines()
+            if ln.startswith("chunk_fwd")}   # intra -> [regs, spill bytes, SASS, barriers]
+    assert set(rows) == {"columns", "levels"}, out.stdout
+    assert rows["columns"][1] == rows["levels"][1] == 0 and 0 < rows["columns"][0] <= 255, rows
+    assert rows["levels"][2] < rows["columns"][2] and rows["levels"][3] < rows["columns"][3], rows

@@ -1,0 +1,79 @@
+"""Registers, spills and instruction counts of the Triton WKV-6 chunk kernels for sm_90, without a GPU.
+
+    python scripts/wkv6_ptxas.py [--warps=8] [--bk=64] [--bt=16] [--only=chunk_bwd,...]
+
+Compiles the four chunk kernels (fused forward/backward, chunk-parallel forward/backward) for each intra form
+(columns, levels) with triton.compile for an sm_90 target, assembles the PTX with the ptxas that ships in Triton's
+wheel (`-v`: registers, spill bytes) and counts the SASS instructions and barriers with its cuobjdump. Static counts,
+not timings: they say whether tiles stay in registers and how much code a chunk runs, not how fast it is. bf16
+inputs (tf32 dots), N=64, BV=64; --bt applies to the levels form (the column form is always 16-token chunks).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.pop("TRITON_INTERPRET", None)   # compiled kernels, not the CPU interpreter's (read at import)
+import wkv6_triton as W  # noqa: E402
+
+BF16 = {"r", "k", "v", "gy", "y", "dr", "dk", "dv"}           # 16-bit tensors; every other pointer is fp32
+SCALARS = {"T", "y_pstride", "kv_pstride", "v_pstride", "NT"}
+KERNELS = [("fused_fwd", W._wkv6_fwd_kernel, dict(SAVE=True, NTI=0)), ("fused_bwd", W._wkv6_bwd_kernel, dict(NTI=0)),
+           ("chunk_fwd", W._out_fwd_kernel, {}), ("chunk_bwd", W._out_bwd_kernel, {})]
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+def jit_fn(kernel):
+    while not hasattr(kernel, "params"):   # unwrap the autotuner
+        kernel = kernel.fn
+    return kernel
+
+
+def report(kernel, constexprs, warps, tmp):
+    fn = jit_fn(kernel)
+    sig = {p.name: "constexpr" if p.is_constexpr else ("i32" if p.name in SCALARS else
+                                                       "*bf16" if p.name in BF16 else "*fp32") for p in fn.params}
+    compiled = triton.compile(ASTSource(fn, signature=sig, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1))
+    ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+    with open(ptx, "w") as f:
+        f.write(compiled.asm["ptx"])
+    res = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                         capture_output=True, text=True, check=True).stderr
+    sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-sass", cubin],
+                          capture_output=True, text=True, check=True).stdout
+    return dict(regs=int(re.search(r"Used (\d+) registers", res).group(1)),
+                spill=int(re.search(r"(\d+) bytes spill stores", res).group(1)),
+                sass=sum(1 for ln in sass.splitlines() if ln.strip().startswith("/*") and "*/" in ln),
+                barriers=sass.count("BAR.SYNC"))
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--warps", type=int, default=8)
+    ap.add_argument("--bk", type=int, default=64)
+    ap.add_argument("--bt", type=int, default=16, help="chunk length of the levels form (16, 32, 64)")
+    ap.add_argument("--only", default="", help="comma-separated kernel names (default: all four)")
+    a = ap.parse_args(argv)
+    print(f"sm_90, {a.warps} warps, N=64, BK={a.bk}, BV=64, bf16 (tf32 dots); triton {triton.__version__}")
+    print(f"{'kernel':<10} {'intra':<8} {'BT':>3} {'regs':>5} {'spill B':>8} {'SASS':>7} {'barriers':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for intra, bt in ((0, W.BT_DEFAULT), (1, a.bt)):
+            for name, kern, extra in KERNELS:
+                if a.only and name not in a.only.split(","):
+                    continue
+                c = dict(H=4, N=64, BT=bt, BK=a.bk, BV=64, PREC="tf32", INTRA=intra, **extra)
+                r = report(kern, c, a.warps, tmp)
+                print(f"{name:<10} {('columns', 'levels')[intra]:<8} {bt:>3} {r['regs']:>5} {r['spill']:>8} "
+                      f"{r['sass']:>7} {r['barriers']:>9}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
