@@ -15,7 +15,7 @@ import sys
 import torch
 import triton
 
-from wkv6_triton import _blocks, _mode, _scan_blocks, wkv6_triton
+from wkv6_triton import _blocks, _intra, _mode, _scan_blocks, wkv6_triton
 
 # (B, T, H), N=64, bf16: the kernels issue's four shapes, then gf_mh_8m's training call (16,384 tokens, 3 heads)
 BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4), (64, 256, 3)]
@@ -111,7 +111,7 @@ def bench(argv):
     def one(shape_i, name, fn, label=None, mode=None, intra=None):
         if mode is not None:   # this measurement's Triton schedule and intra form (restored after it)
             os.environ['WKV6_TRITON_MODE'] = mode
-            os.environ['WKV6_TRITON_INTRA'] = intra or 'columns'
+            os.environ['WKV6_TRITON_INTRA'] = intra or 'levels'
             try:
                 return one(shape_i, name, fn, label)
             finally:
@@ -199,7 +199,8 @@ def bench(argv):
                     label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
                         ('triton-fused[%d,%d]' % _blocks(B, H, 64))
                     label += '' if intra == 'columns' else '/levels'
-                    one(si, name, fn, label + ('*' if _mode(B, H, T) == mode and intra == 'columns' else ''),
+                    auto = _mode(B, H, T) == mode and intra == ('columns', 'levels')[_intra()]
+                    one(si, name, fn, label + ('*' if auto else ''),
                         mode=mode, intra=intra)
         save()
     for si in (want_shapes if want_variants and 'triton' in impls else []):
@@ -207,7 +208,7 @@ def bench(argv):
             if time.time() > deadline:
                 break
             os.environ['WKV6_TRITON_BLOCKS'] = var
-            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]', mode='fused', intra='columns')
+            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]/levels', mode='fused', intra='levels')
             save()
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
     path = save()

@@ -6,14 +6,17 @@ Design (see wkv6.py for the operator's contract):
   tokens, carrying an fp32 state tile S[BK, BV] in registers. Per chunk:
       gi = inclusive cumsum of w (log-decay, fp32), ge = gi - w (exclusive), glast = sum of w
       y  = (r*exp(ge)) @ S  +  A @ v  +  (sum_j r u k) * v               (inter + intra + bonus)
-      A[t,s] = sum_j r_t k_s exp(ge_t - gi_s)   for s < t  (elementwise, fp32, one column s at a time)
+      A[t,s] = sum_j r_t k_s exp(ge_t - gi_s)   for s < t  (two intra forms, below)
       S  = exp(glast) * S + (k * exp(glast - gi))^T @ v
   Every exponent is a within-chunk partial sum of w over a range, so it is <= 0: strong decays
   underflow to 0, nothing overflows. The sums are one running fp32 sum over the chunk's rows, replayed
-  bit for bit in the column loops, so adjacent tokens get exactly exp(0). The cumsums only span 16
+  bit for bit by both intra forms, so adjacent tokens get exactly exp(0). The cumsums only span 16
   tokens, so precision does not degrade with T.
-- The intra-chunk pairs are visited one source column s at a time on [BT, BK] tiles (the first version
-  built [BT, BT, BK] temporaries, which spilled: 255 registers + 1.8 KB of spills per thread in the
+- The intra-chunk pairs come in two forms of the same sums (_intra). Default 'levels': each pair (s, t) belongs
+  to the level of the highest bit where s and t differ; there its decay factorises around the middle of its block
+  into two factors with exponents <= 0, so the pairs are log2(BT) = 4 small tensor-core dots per chunk (_level).
+  'columns': one source column s at a time on [BT, BK] tiles, each pair with its own elementwise factor (the
+  first version built [BT, BT, BK] temporaries, which spilled: 255 registers + 1.8 KB of spills per thread in the
   chunk-parallel backward at 4 warps, ptxas for sm_90; scripts/wkv6_ptxas.py reports the current kernels).
 - Work splits over key blocks (NK) and value blocks (NV) when B*H is small (B=1, long T):
   everything above is additive over key blocks (y partials summed on the host) and independent
@@ -31,11 +34,10 @@ Design (see wkv6.py for the operator's contract):
   B*H fills the GPU; split wins by far at B*H small.
 - tl.dot runs with input_precision 'ieee' for fp32 inputs, 'tf32' for 16-bit inputs.
 
-Measured, bf16, N=64, fwd+bwd median ms (the default schedule): on "NVIDIA H200" with this version
-(results/2026-12-02_wkv6_kernels_h200.json) (32,256,4) 1.03, (16,1024,8) 2.31, (8,4096,32) 15.5,
-(1,16384,4) 4.71, gf_mh_8m's (64,256,3) 1.32 — against our recurrent CUDA kernel (wkv6.cu) 1.00 / 4.74 /
-26.8 / 55.5 in the same run. Earlier version on "NVIDIA H100 80GB HBM3" (results/wkv6_bench_h100_run2.json):
-1.09 (fused) / 2.39 / 13.8 / 4.43. The issue's targets (H100: 0.5 / 1.5 / 4.0) are not met.
+Measured, bf16, N=64, fwd+bwd median ms, on "NVIDIA H200", levels form vs columns form side by side in one run
+(results/wkv6_bench_h200_run2.json, default schedule): (32,256,4) 1.21 vs 1.38, (16,1024,8) 1.78 vs 2.62,
+(8,4096,32) 9.89 vs 15.5; our recurrent CUDA kernel (wkv6.cu) in the same run 1.17 / 4.65 / 26.1. The issue's
+targets (on an H100: 0.5 / 1.5 / 4.0) are not met.
 
 `python wkv6_triton.py --bench [--out=DIR]` (= `python wkv6_bench.py`) times torch-chunked / Triton / CUDA / fla
 (when importable) side by side and writes a results JSON.
@@ -49,7 +51,7 @@ import triton.language as tl
 
 from wkv6 import _check_inputs, _prep_fast
 
-BT_DEFAULT = 16            # chunk length of the default (column-loop) intra form
+BT_DEFAULT = 16            # chunk length of the column-loop intra form (and the levels form's default)
 MAX_LEVELS = tl.constexpr(7)   # INTRA=1 unrolls log2(BT) <= 7 levels (chunks of up to 128 tokens)
 
 
@@ -519,10 +521,12 @@ def _prec(dtype):
 
 
 def _intra():
-    """How the chunk kernels form the intra-chunk pairs: 0 = one source column at a time (the default, measured
-    and GPU-tested), 1 = log2(BT) levels of factorised tensor-core dots (_level; CPU-tested, ptxas-checked, not
-    yet timed on a GPU). WKV6_TRITON_INTRA = columns | levels."""
-    m = os.environ.get('WKV6_TRITON_INTRA', 'columns')
+    """How the chunk kernels form the intra-chunk pairs: 1 = log2(BT) levels of factorised tensor-core dots (_level;
+    the default since it was timed side by side with the column form on an H200, results/wkv6_bench_h200_run2.json:
+    bf16 fwd+bwd fused 1.21 / 1.78 / 9.89 ms vs 1.38 / 2.62 / 15.5 ms at (32,256,4) / (16,1024,8) / (8,4096,32)),
+    0 = one source column at a time (the earlier default, kept as the cross-check). WKV6_TRITON_INTRA = levels |
+    columns."""
+    m = os.environ.get('WKV6_TRITON_INTRA', 'levels')
     if m not in ('columns', 'levels'):
         raise ValueError(f"WKV6_TRITON_INTRA must be 'columns' or 'levels', got {m!r}")
     return 0 if m == 'columns' else 1

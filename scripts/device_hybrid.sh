@@ -16,6 +16,8 @@
 #   bash scripts/device_hybrid.sh --smoke [--quality ...] CORPUS OUT_DIR             (CPU, tiny models: tests it)
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
+#   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256), TLONG ("4096 16384", or none), GEN_TOKENS
+#   (128), GEN_REPEATS (3), GEN_CAP (s, 180: the generation measurement's time limit).
 #   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (100:
 #   on the H100 the hybrid's best val came at the first eval of 250 and it overfits after: a finer grid), EVAL_ITERS
 #   (50: the val split is tiled whole either way, 435 windows of 256 < 50 x 64; fewer only shortens the train-loss
@@ -186,9 +188,12 @@ if [ $smoke = 1 ]; then
   TLONG=(); LONG_WKV=torch  # long T: not on a CPU
   gargs=(--ctx=8,16 --gen_batch=1,2 --gen_tokens=4 --gen_repeats=1); GEN_BLOCK=20
 else
-  bargs=(--tokens_per_step=16384 --dtype=bfloat16 --compile=True); T0=256; TLONG=(4096 16384); VARIANTS=(cuda triton)
+  bargs=(--tokens_per_step=16384 --dtype=bfloat16 --compile=True); T0=256
+  TLONG=(${TLONG:-4096 16384}); VARIANTS=(${VARIANTS:-cuda triton})  # e.g. VARIANTS=triton TLONG=none
+  [ "${TLONG[*]}" = none ] && TLONG=()
   LONG_WKV=${LONG_WKV:-triton}  # the kernels' measured order: Triton beats the CUDA kernel at T >= 1024
-  gargs=(--ctx=256,2048,8192 --gen_batch=1,16 --gen_tokens=128 --gen_repeats=3); GEN_BLOCK=8320
+  gargs=(--ctx=256,2048,8192 --gen_batch=1,16 --gen_tokens=${GEN_TOKENS:-128} --gen_repeats=${GEN_REPEATS:-3})
+  GEN_BLOCK=8320
 fi
 B=("$repo/bench.py" "${tiny[@]}" "${bargs[@]}" --out=parts)
 # most important first: the T=256 ratio, then generation, then long T; each measurement is capped (seconds)
@@ -205,7 +210,7 @@ done
 # generation: eager (the cache / state grows each step), both models in one process. The GPT's prompt + new tokens
 # must fit its block_size, so both run with block_size=GEN_BLOCK (RoPE: no position table; the recurrent hybrid has
 # no window at all; fresh weights, speed only). A trained gpt_8m has block 256: its quality at ctx 2048/8192 is n/a
-measure generate 180 $PY "$repo/bench.py" "${tiny[@]}" config/gf_mh_8m.py config/gpt_8m.py --what=generate \
+measure generate ${GEN_CAP:-180} $PY "$repo/bench.py" "${tiny[@]}" config/gf_mh_8m.py config/gpt_8m.py --what=generate \
     "${gargs[@]}" --block_size=$GEN_BLOCK --out=parts --name=generate
 for T in "${TLONG[@]}"; do
   measure gpt_T$T 120 $PY "${B[@]}" config/gpt_8m.py --T=$T --name=gpt_8m_T$T

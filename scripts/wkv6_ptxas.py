@@ -15,12 +15,14 @@ import subprocess
 import sys
 import tempfile
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+# compiled kernels, not the CPU interpreter's: triton reads TRITON_INTERPRET when its own jit functions are defined
+# (at import), so it must be gone before the first triton import (a test run under the interpreter inherits it)
+os.environ.pop("TRITON_INTERPRET", None)
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.pop("TRITON_INTERPRET", None)   # compiled kernels, not the CPU interpreter's (read at import)
 import wkv6_triton as W  # noqa: E402
 
 BF16 = {"r", "k", "v", "gy", "y", "dr", "dk", "dv"}           # 16-bit tensors; every other pointer is fp32
