@@ -24,7 +24,9 @@ generate  prefill tokens/s (one forward over the B x ctx prompt, building the KV
           decode tokens/s (gen_tokens single-token forwards from that state, B rows each, sampling included),
           timed separately with a device sync around each, median over gen_repeats after one warm-up repeat;
           plus model.generate end to end for the same prompt. Eager (no torch.compile; the GPT KV cache is
-          preallocated to block_size and written in place).
+          preallocated to block_size and written in place). --gen_graph=0,1 also times the recurrent families'
+          decode as one CUDA graph per token (hybrid.DecodeGraph; path "recurrent_step+cuda_graph", its capture
+          time reported apart as capture_s and not inside decode; generate end to end includes it).
 runs      from metrics.jsonl files of finished train.py runs: best val loss and its iter, training wall time
           (train_time_s: excludes eval and checkpointing) to the first eval at or below --target, the median of
           the logged per-step tok/s over --tok_window (train.py logs a step only every log_interval), and across
@@ -71,6 +73,7 @@ OPTIONS = dict(
     gen_batch="1,16",        # generate: batch sizes
     gen_tokens=128,          # generate: decode steps timed
     gen_repeats=5,           # generate: timed repeats (after one warm-up repeat)
+    gen_graph="0",           # generate: comma list; 1 = decode through a captured CUDA graph (recurrent families)
     metrics="",              # runs: comma list of metrics.jsonl paths (or FILE#RUN: run RUN of a merged JSONL)
     target=1.47,             # runs: val-loss target for time-to-target
     tok_window="100,300",    # runs: iteration window [a, b] (inclusive) for the median tok/s
@@ -423,12 +426,15 @@ def run_train(opts, labels, cfgs, datas):
 
 
 # ---- generate ---------------------------------------------------------------------------------------------------
-def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed):
+def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed, graph=False):
     device = cfg["device"]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     ptdtype, ac = autocast_ctx(cfg, device_type)
     torch.manual_seed(seed)
     model = build_model(model_args_from(cfg, data.meta["vocab_size"], cfg["block_size"])).to(device).eval()
+    if graph and not hasattr(model, "step"):
+        raise BenchError(f"--gen_graph=1: {type(model).__name__} has no recurrent step() to capture (the GPT's KV "
+                         f"cache grows every token); use --gen_graph=0 for it")
     if hasattr(model, "new_cache"):  # GPT: the KV cache, which generate() uses
         if ctx_len + gen_tokens > cfg["block_size"]:
             raise BenchError(f"ctx {ctx_len} + gen_tokens {gen_tokens} exceeds block_size {cfg['block_size']}: the GPT's "
@@ -439,7 +445,7 @@ def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed):
     elif hasattr(model, "step"):
         prefill = lambda x: model(x, return_state=True)  # noqa: E731
         decode = model.step
-        path = "recurrent_step"
+        path = "recurrent_step+cuda_graph" if graph else "recurrent_step"
     else:
         prefill = decode = None
         path = "generate_only"
@@ -457,6 +463,13 @@ def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed):
                 r["prefill_s"] = time.perf_counter() - t0
                 gen.manual_seed(seed)
                 logits = logits[:, -1, :]
+                if graph:  # capture from the prefilled state, timed apart from the decode
+                    from hybrid import DecodeGraph
+                    t0 = time.perf_counter()
+                    g = DecodeGraph(model, state)
+                    sync(device_type)
+                    r["capture_s"] = time.perf_counter() - t0
+                    decode = lambda tok, st: (g(tok), None)  # noqa: E731
                 t0 = time.perf_counter()
                 for _ in range(gen_tokens):
                     nxt = sample_next(logits, 1.0, None, None, gen)
@@ -467,7 +480,8 @@ def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed):
             gen.manual_seed(seed)
             sync(device_type)
             t0 = time.perf_counter()
-            model.generate(prompt, gen_tokens + 1, temperature=1.0, generator=gen)
+            model.generate(prompt, gen_tokens + 1, temperature=1.0, generator=gen, **({"cuda_graph": True} if graph
+                                                                                     else {}))
             sync(device_type)
             r["generate_s"] = time.perf_counter() - t0
             if rep > 0:
@@ -475,6 +489,7 @@ def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed):
     med = lambda k: statistics.median(r[k] for r in reps) if k in reps[0] else None  # noqa: E731
     row = dict(ctx=ctx_len, batch=B, gen_tokens=gen_tokens, repeats=repeats, path=path, seed=seed,
                prefill_s_median=med("prefill_s"), decode_s_median=med("decode_s"), generate_s_median=med("generate_s"),
+               capture_s_median=med("capture_s"),
                backends=backends_of(model, {**cfg, "compile": False}, device_type, ptdtype))
     row["prefill_tok_s"] = B * ctx_len / row["prefill_s_median"] if row["prefill_s_median"] else None
     row["decode_tok_s"] = B * gen_tokens / row["decode_s_median"] if row["decode_s_median"] else None
@@ -498,16 +513,23 @@ def run_generate(opts, labels, cfgs, datas):
     slow last case must not lose the whole file, as happened on the H100 (results/2026-11-23_hybrid_generate.json)."""
     seeds = int_list(opts["seeds"], "seeds")
     raw, rows = {label: [] for label in labels}, []
-    cases = [(c, b, label, cfg) for c in int_list(opts["ctx"], "ctx") for b in int_list(opts["gen_batch"], "gen_batch")
-             for label, cfg in zip(labels, cfgs)]
+    graphs = int_list(opts["gen_graph"], "gen_graph")
+    if not set(graphs) <= {0, 1}:
+        raise BenchError(f"--gen_graph={opts['gen_graph']}: use 0, 1 or 0,1")
+    if 1 in graphs and not str(cfgs[0]["device"]).startswith("cuda"):
+        raise BenchError("--gen_graph=1 captures CUDA graphs: it needs --device=cuda")
+    # graph 1 runs only for families with a recurrent step (a GPT config in the same command keeps its one path)
+    cases = [(c, b, label, cfg, g) for c in int_list(opts["ctx"], "ctx") for b in int_list(opts["gen_batch"], "gen_batch")
+             for label, cfg in zip(labels, cfgs) for g in graphs if g == 0 or cfg.get("model_type") == "hybrid"]
     summary = dict(rows=rows)
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        for ctx_len, B, label, cfg in cases:
-            print(f"[bench] {label}: generate ctx={ctx_len} batch={B} tokens={opts['gen_tokens']}", flush=True)
+        for ctx_len, B, label, cfg, g in cases:
+            print(f"[bench] {label}: generate ctx={ctx_len} batch={B} tokens={opts['gen_tokens']}"
+                  f"{' (CUDA graph)' if g else ''}", flush=True)
             reps, row = measure_generate(cfg, datas[cfg["dataset"]], ctx_len, B, opts["gen_tokens"],
-                                         opts["gen_repeats"], seeds[0])
-            raw[label].append(dict(ctx=ctx_len, batch=B, repeats=reps))
+                                         opts["gen_repeats"], seeds[0], graph=bool(g))
+            raw[label].append(dict(ctx=ctx_len, batch=B, graph=g, repeats=reps))
             rows.append(dict(config=label, **row))
             print(f"[bench]   prefill {row['prefill_tok_s'] or 0:,.0f} tok/s, decode {row['decode_tok_s'] or 0:,.0f}"
                   f" tok/s, generate end-to-end {row['generate_tok_s']:,.0f} tok/s", flush=True)

@@ -470,12 +470,18 @@ class Hybrid(nn.Module):
         return self.head(self.ln_out(x))[:, None], new
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
-        """Prefill the prompt with the parallel forward, then one O(1) step per token (no context window)."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None,
+                 cuda_graph=False):
+        """Prefill the prompt with the parallel forward, then one O(1) step per token (no context window).
+        cuda_graph=True replays step() as one captured CUDA graph per token (DecodeGraph: same kernels, one launch)."""
+        if cuda_graph and idx.device.type != "cuda":
+            raise ValueError(f"cuda_graph decoding needs the model on a CUDA device, it is on {idx.device}; "
+                             f"pass cuda_graph=False")
         if max_new_tokens <= 0:
             return idx
         logits, _, state = self(idx, return_state=True)
         logits = logits[:, -1, :]
+        graph = DecodeGraph(self, state) if cuda_graph and max_new_tokens > 1 else None
         out = [idx]
         finite = torch.ones((), dtype=torch.bool, device=idx.device)
         for i in range(max_new_tokens):
@@ -483,8 +489,11 @@ class Hybrid(nn.Module):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             out.append(nxt)
             if i + 1 < max_new_tokens:
-                logits, state = self.step(nxt, state)
-                logits = logits[:, -1, :]
+                if graph is not None:
+                    logits = graph(nxt)[:, -1, :]   # the graph's output buffer: read before the next replay
+                else:
+                    logits, state = self.step(nxt, state)
+                    logits = logits[:, -1, :]
         raise_if_nonfinite(finite)
         return torch.cat(out, dim=1)   # one concat at the end, not a growing copy per token
 
@@ -596,6 +605,47 @@ class Hybrid(nn.Module):
         finally:
             for blk in self.blocks:
                 blk.ablated = None
+
+
+class DecodeGraph:
+    """Hybrid.step for one batch as a single CUDA graph. Decoding one token runs many small kernels in every layer
+    and is bound by their launches, not their arithmetic (eager step(): 15.6-17.0 ms per token for gf_mh_8m at
+    batch 1 on an H200, at any context; results/2026-12-02_hybrid_generate.json); a replay launches them all at once.
+    The graph owns static buffers: the input token, the state (a copy of the one passed in) and the logits. Each
+    call copies the token in, replays, and returns the logits buffer, which the next call overwrites. Inside the
+    graph, step()'s new state is copied over the state buffers after every read of them, so `self.state` is always
+    the state after the last token. Captured with autocast's weight-cast cache off (`cache_enabled=False`), so the
+    casts are part of the graph and nothing it reads is freed behind it; parameters are read in place, so the graph
+    sees weights updated in place. generate() captures one per call (two warm-up steps + one capture)."""
+
+    def __init__(self, model, state):
+        dev = next(model.parameters()).device
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"cuda_graph decoding needs the model on a CUDA device, it is on {dev}; "
+                             f"pass cuda_graph=False")
+        B = next(v for st in state for v in st.values()).size(0)
+        model._check_state(state, B)
+        self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        self.state = [{k: v.clone() for k, v in st.items()} for st in state]
+        autocast = lambda: torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),  # noqa: E731
+                                          enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), autocast():  # warm-up off the capture (cuBLAS handles, workspaces)
+            for _ in range(2):
+                model.step(self.token, self.state)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), autocast():
+            self.logits, new = model.step(self.token, self.state)
+            for buf, st in zip(self.state, new):
+                for k, v in buf.items():
+                    v.copy_(st[k])
+
+    def __call__(self, token):
+        self.token.copy_(token)
+        self.graph.replay()
+        return self.logits
 
 
 def param_breakdown(model):

@@ -27,6 +27,7 @@ top_k = 200
 top_p = 1.0
 seed = 1337
 use_ema = True            # use the EMA weights when the checkpoint has them
+cuda_graph = False        # hybrids on CUDA: decode each token as one captured CUDA graph (hybrid.DecodeGraph)
 gpt2_file = ""
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
@@ -53,6 +54,11 @@ def main():
         sys.exit(2)
     torch.manual_seed(seed)
     model = model_from_checkpoint(ck, device, use_ema=use_ema)
+    if cuda_graph and not (device.startswith("cuda") and hasattr(model, "step")):
+        print(f"error: --cuda_graph=True needs a recurrent model (a hybrid) on a CUDA device; this is a "
+              f"{type(model).__name__} on {device}. Drop --cuda_graph", file=sys.stderr)
+        sys.exit(2)
+    graph_kw = {"cuda_graph": True} if cuda_graph else {}
     model.eval()
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -62,7 +68,7 @@ def main():
     with torch.no_grad(), ctx:
         for _ in range(num_samples):
             y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                               top_p=top_p if top_p < 1 else None, generator=gen)
+                               top_p=top_p if top_p < 1 else None, generator=gen, **graph_kw)
             print(decode(y[0].tolist()))
             print("---------------")
 

@@ -17,7 +17,8 @@
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
 #   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256), TLONG ("4096 16384", or none), GEN_TOKENS
-#   (128), GEN_REPEATS (3), GEN_CAP (s, 180: the generation measurement's time limit).
+#   (128), GEN_REPEATS (3), GEN_GRAPH ("0,1": the hybrid decodes eager and through hybrid.DecodeGraph), GEN_CAP (s,
+#   180: the generation measurement's time limit).
 #   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (100:
 #   on the H100 the hybrid's best val came at the first eval of 250 and it overfits after: a finer grid), EVAL_ITERS
 #   (50: the val split is tiled whole either way, 435 windows of 256 < 50 x 64; fewer only shortens the train-loss
@@ -192,7 +193,8 @@ else
   TLONG=(${TLONG:-4096 16384}); VARIANTS=(${VARIANTS:-cuda triton})  # e.g. VARIANTS=triton TLONG=none
   [ "${TLONG[*]}" = none ] && TLONG=()
   LONG_WKV=${LONG_WKV:-triton}  # the kernels' measured order: Triton beats the CUDA kernel at T >= 1024
-  gargs=(--ctx=256,2048,8192 --gen_batch=1,16 --gen_tokens=${GEN_TOKENS:-128} --gen_repeats=${GEN_REPEATS:-3})
+  gargs=(--ctx=256,2048,8192 --gen_batch=1,16 --gen_tokens=${GEN_TOKENS:-128} --gen_repeats=${GEN_REPEATS:-3}
+         --gen_graph=${GEN_GRAPH:-0,1})  # the hybrid's decode eager and as one CUDA graph per token, side by side
   GEN_BLOCK=8320
 fi
 B=("$repo/bench.py" "${tiny[@]}" "${bargs[@]}" --out=parts)

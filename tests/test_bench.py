@@ -231,6 +231,10 @@ def test_generate_mode(tiny_data, tmp_path):
     with pytest.raises(bench.BenchError, match="exceeds block_size"):
         bench.main(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}", "--what=generate", "--ctx=60",
                     "--gen_tokens=8", f"--out={tmp_path}"])
+    for graph, msg in (("2", "use 0, 1 or 0,1"), ("0,1", "needs --device=cuda")):  # CUDA-graph decode: CUDA only
+        with pytest.raises(bench.BenchError, match=msg):
+            bench.main(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}", "--what=generate", "--ctx=8",
+                        f"--gen_graph={graph}", f"--out={tmp_path}"])
 
 
 def test_generate_sigterm_writes_the_finished_measurements(tiny_data, tmp_path, monkeypatch):

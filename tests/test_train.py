@@ -99,6 +99,8 @@ def test_sample_deterministic(tiny_data, tmp_path):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("class A:\n")
     assert "class A:" in run_py(args[:-3] + [f"--start=FILE:{prompt}", "--num_samples=1", "--max_new_tokens=5"]).stdout
+    expect_error(run_py(args + ["--cuda_graph=True"], check=False),
+                 "--cuda_graph=True needs a recurrent model (a hybrid) on a CUDA")
 
 
 def expect_error(p, *needles):
