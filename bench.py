@@ -753,7 +753,8 @@ def run_kernel(opts, rest, argv):
                  floor_fwdbwd_ms=r.get("io_floor_fwdbwd_ms"), y_rel_vs_cuda=r.get("y_rel_vs_cuda"),
                  error=r.get("error", "")) for r in results]
     here = provenance("cpu")
-    git = {"sha": meta.get("git_sha"), "dirty": meta.get("git_dirty")} if source else here["git"]
+    git = {"sha": meta.get("git_sha"), "dirty": meta.get("git_dirty"), "source_digest": meta.get("source_digest")} \
+        if source else here["git"]
     prov = {**here, "git": git, "device": "cuda", "device_name": meta["device"], "driver": meta.get("driver"),
             "cuda": meta.get("cuda_runtime"), "versions": {**here["versions"], "torch": meta.get("torch"),
                                                          "triton": meta.get("triton"), "python": meta.get("python")}}

@@ -8,6 +8,8 @@ A run's metrics.jsonl holds, one JSON object per line, each with a "kind":
 train_time_s is cumulative training wall-clock, excluding eval and checkpointing. Gates and README tables read
 only this file, so a number that is not in it does not exist.
 """
+import fnmatch
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -37,6 +39,52 @@ def peak_flops(device_name):
     return None
 
 
+# the code that runs (not tests, docs or results): what source_digest covers
+SOURCE_PATTERNS = ("*.py", "*.cu", "config/*.py", "scripts/*.py", "scripts/*.sh")
+
+
+def _is_source(rel):
+    return any(os.path.dirname(rel) == os.path.dirname(p) and fnmatch.fnmatch(os.path.basename(rel),
+                                                                              os.path.basename(p))
+               for p in SOURCE_PATTERNS)
+
+
+def _digest(entries):
+    """entries: (path, git blob sha) pairs -> one sha1 over the sorted 'path blob' lines."""
+    return hashlib.sha1("\n".join(sorted(f"{p} {b}" for p, b in entries)).encode()).hexdigest()
+
+
+def source_digest(root=ROOT):
+    """A digest of the code that runs, computed from the files themselves, not from .git: each SOURCE_PATTERNS file's
+    git blob id (what `git hash-object` prints), path by path, hashed together. A copied tree whose .git lags
+    behind its files (a GPU box's once read the session's first commit, "dirty") still says exactly which code ran:
+    `python metrics.py --find-commit DIGEST` names the commit whose files give the same digest."""
+    entries = []
+    for d in sorted({os.path.dirname(p) for p in SOURCE_PATTERNS}):
+        folder = os.path.join(root, d)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            rel = f"{d}/{name}" if d else name
+            if _is_source(rel) and os.path.isfile(os.path.join(root, rel)):
+                with open(os.path.join(root, rel), "rb") as f:
+                    data = f.read()
+                entries.append((rel, hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()))
+    return _digest(entries)
+
+
+def commit_digest(commit, root=ROOT):
+    """source_digest of a commit's files, from git's own blob ids (`git ls-tree -r`)."""
+    out = subprocess.run(["git", "ls-tree", "-r", commit], cwd=root, capture_output=True, text=True, check=True).stdout
+    rows = (line.split("\t", 1) for line in out.splitlines())
+    return _digest((path, meta.split()[2]) for meta, path in rows if meta.split()[1] == "blob" and _is_source(path))
+
+
+def find_commit(digest, root=ROOT, limit=500):
+    """The commits (newest first, among the last `limit` of every branch) whose source_digest is `digest`."""
+    revs = subprocess.run(["git", "rev-list", "--all", "-n", str(limit)], cwd=root, capture_output=True, text=True,
+                          check=True).stdout.split()
+    return [c for c in revs if commit_digest(c, root) == digest]
+
+
 def git_info():
     def run(*cmd):
         try:
@@ -45,8 +93,10 @@ def git_info():
             return ""
     sha = run("git", "rev-parse", "HEAD")
     launcher = os.environ.get("LAB_GIT_SHA")
+    digest = source_digest()
     if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
-        info = {"sha": sha, "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no"))}
+        info = {"sha": sha, "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no")),
+                "source_digest": digest}
         # a copied tree may carry a stale .git (the GPU box's copy once had the session's first commit while the
         # files were a later one, so it read "dirty"): keep what the launcher says beside what git says
         if launcher and not sha.startswith(launcher):
@@ -54,7 +104,7 @@ def git_info():
         return info
     # no repository here (a GPU box gets a copy of the tree without .git): the launcher states the commit
     sha = launcher
-    return {"sha": sha, "dirty": os.environ.get("LAB_GIT_DIRTY") == "1" if sha else None,
+    return {"sha": sha, "dirty": os.environ.get("LAB_GIT_DIRTY") == "1" if sha else None, "source_digest": digest,
             "source": "LAB_GIT_SHA (set by the launcher; no .git on this machine)" if sha else "unknown: no .git"}
 
 
@@ -163,3 +213,18 @@ def loss_curve(metrics_path, png_path):
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return True
+
+
+if __name__ == "__main__":
+    # python metrics.py --digest              the working tree's source_digest
+    # python metrics.py --find-commit DIGEST  which commit a results file's git.source_digest belongs to
+    if sys.argv[1:2] == ["--digest"]:
+        print(source_digest())
+    elif sys.argv[1:2] == ["--find-commit"] and len(sys.argv) == 3:
+        hits = find_commit(sys.argv[2])
+        print("\n".join(hits) if hits else f"no commit has source digest {sys.argv[2]}: the files that ran were "
+                                              f"never committed as they were (or are older than 500 commits)")
+        sys.exit(0 if hits else 1)
+    else:
+        print("usage: python metrics.py --digest | --find-commit DIGEST", file=sys.stderr)
+        sys.exit(2)

@@ -15,6 +15,7 @@ import sys
 import torch
 import triton
 
+from metrics import source_digest
 from wkv6_triton import _blocks, _intra, _mode, _scan_blocks, wkv6_triton
 
 # (B, T, H), N=64, bf16: the kernels issue's four shapes, then gf_mh_8m's training call (16,384 tokens, 3 heads)
@@ -75,6 +76,7 @@ def bench(argv):
     dirty = os.environ.get('WKV6_GIT_DIRTY') or ('1' if sh('git status --porcelain -- wkv6.py wkv6_triton.py wkv6.cu') else '0')
     meta = {
         'command': ' '.join([sys.executable] + sys.argv), 'git_sha': sha, 'git_dirty': dirty == '1',
+        'source_digest': source_digest(),   # the files that ran, whatever .git says (metrics.py --find-commit)
         'device': torch.cuda.get_device_name(), 'driver': sh('nvidia-smi --query-gpu=driver_version --format=csv,noheader'),
         'torch': torch.__version__, 'triton': triton.__version__, 'python': platform.python_version(),
         'cuda_runtime': torch.version.cuda, 'seed': seed, 'reps': reps, 'N': 64, 'dtype': 'bf16',

@@ -23,6 +23,9 @@ HOWTO = """\
 Every number below comes from a `results/<date>_<name>.json` file written by `bench.py`, which records the exact
 command, git sha (and whether the tree was dirty), device name, driver, torch / triton / Python versions, seeds,
 configs, the raw per-step or per-repeat numbers and the summary. A number belongs to the device it was measured on.
+Files written since 2026-12-02 also record `git.source_digest`, computed from the source files themselves: a GPU
+box's copy of `.git` can lag behind its files, and `python metrics.py --find-commit DIGEST` names the commit that
+the files which ran belong to.
 
 GPU machines are often stateless and hand back only a few small files, so one script does a whole measurement
 inside one command of under 10 minutes and writes nothing but results JSON, metrics JSONL and loss-curve PNGs

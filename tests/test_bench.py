@@ -74,7 +74,7 @@ def test_two_configs_same_inputs_and_provenance(tiny_data, tmp_path, monkeypatch
               "summary", "schema", "what", "created_utc"):
         assert k in doc, k
     assert doc["command"].split()[1:3] == ["bench.py", "config/quickstart.py"] and "--seeds=0 " in doc["command"]
-    assert set(doc["git"]) == {"sha", "dirty"} and doc["git"]["sha"]
+    assert set(doc["git"]) == {"sha", "dirty", "source_digest"} and doc["git"]["sha"] and len(doc["git"]["source_digest"]) == 40
     assert {"python", "torch", "triton"} <= set(doc["versions"]) and doc["seeds"] == [0]
     assert doc["summary"]["device_name"] == doc["device_name"] and doc["device_name"].startswith("cpu")
     assert set(doc["configs"]) == {"quickstart", "gpt_8m"} and doc["configs"]["gpt_8m"]["pos_emb"] == "rope"
@@ -349,7 +349,7 @@ def test_kernel_mode_converts_an_earlier_measurement(tmp_path):
     src.write_text(json.dumps(dict(meta=meta, results=[dict(shape=[1, 16384, 4, 64], impl="cuda", fwd_median_ms=2.5,
                                                             fwdbwd_median_ms=7.5, error="OOM")])))
     doc = json.load(open(bench.main(["--what=kernel", f"--from={src}", f"--out={tmp_path}", "--name=k"])))
-    assert doc["git"] == {"sha": "feedbeef", "dirty": False} and doc["device_name"] == H100
+    assert doc["git"] == {"sha": "feedbeef", "dirty": False, "source_digest": None} and doc["device_name"] == H100
     assert doc["versions"]["torch"] == "2.11" and any("python3 wkv6_triton.py --bench" in n for n in doc["notes"])
     assert doc["summary"]["rows"][0]["shape"] == "1x16384x4x64" and doc["summary"]["rows"][0]["error"] == "OOM"
     with pytest.raises(bench.BenchError, match="not wkv6_bench.bench output"):  # a results file is not a source
@@ -367,6 +367,46 @@ def test_git_info_keeps_the_launchers_sha(monkeypatch, tmp_path):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     info = metrics.git_info()
     assert info["sha"] == "0123abc" and "LAB_GIT_SHA" in info["source"]
+
+
+def test_source_digest_names_the_commit_a_stale_git_copy_ran(tmp_path):
+    """The GPU box's copy of the tree once carried a .git at the session's first commit under a later commit's files
+    (results read 'dirty' at the wrong sha). source_digest is computed from the files: it equals commit_digest of the
+    commit those files are, ignores docs and tests, and find_commit names that commit (and any with the same code)."""
+    import subprocess
+    import metrics
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "scripts").mkdir()
+    for rel, text in (("train.py", "a = 1\n"), ("config/c.py", "x = 1\n"), ("scripts/run.sh", "echo\n"),
+                      ("README.md", "docs\n")):
+        (tmp_path / rel).write_text(text)
+    git("add", "-A")
+    git("commit", "-qm", "A")
+    first = git("rev-parse", "HEAD")
+    (tmp_path / "train.py").write_text("a = 2\n")
+    git("commit", "-qam", "B")
+    code = git("rev-parse", "HEAD")
+    (tmp_path / "README.md").write_text("more docs\n")
+    git("commit", "-qam", "C: docs only")
+    docs = git("rev-parse", "HEAD")
+    digest = metrics.source_digest(str(tmp_path))
+    assert digest == metrics.commit_digest(code, str(tmp_path)) != metrics.commit_digest(first, str(tmp_path))
+    git("branch", "later")
+    git("reset", "-q", "--soft", first)          # the stale copy: HEAD at A, the files of C
+    (tmp_path / "test_x.py").write_text("")       # top-level *.py counts ...
+    assert metrics.source_digest(str(tmp_path)) != digest
+    (tmp_path / "test_x.py").unlink()
+    (tmp_path / "notes.txt").write_text("x")      # ... other files do not
+    assert metrics.source_digest(str(tmp_path)) == digest
+    assert metrics.find_commit(digest, str(tmp_path)) == [docs, code]
+    (tmp_path / "scripts" / "run.sh").write_text("echo changed\n")
+    assert metrics.find_commit(metrics.source_digest(str(tmp_path)), str(tmp_path)) == []
 
 
 def test_versions_never_import_optional_packages(tmp_path, monkeypatch):
