@@ -57,6 +57,7 @@ HYBRID_CONFIG = dict(
     mamba_lr_mult=1.0,    # lr multiplier for every parameter of the Mamba branch
     wkv_backend="auto",   # passed to wkv6(): auto | cuda | triton | torch (see wkv6.py)
     mamba_backend="auto", # auto (mamba-ssm on CUDA when importable) | mamba_ssm | torch (built-in SSD)
+    mamba_conv="conv1d",  # built-in path's depthwise causal conv: conv1d (F.conv1d) | shift (K shifted multiply-adds)
 )
 
 FUSIONS = ("HY", "GF", "GF-MH", "GF-RH", "CP", "WS", "RF", "HGF", "RWKV", "MAMBA")
@@ -315,7 +316,7 @@ class Block(nn.Module):
         self.rwkv = (RWKVTimeMix(C, dim_att, a["rwkv_head_size"], layer_id, L, a["rwkv_mix_lora"],
                                  a["rwkv_decay_lora"], a["wkv_backend"]) if kind != "MAMBA" else None)
         self.mamba = (Mamba2Mixer(C, d_inner, a["d_state"], a["d_conv"], a["mamba_headdim"], a["ssd_chunk"],
-                                  a["mamba_backend"]) if kind != "RWKV" else None)
+                                  a["mamba_backend"], a["mamba_conv"]) if kind != "RWKV" else None)
         gate_init = a["gate_init"] if a["gate_init"] is not None else GATE_DEFAULTS.get(kind)
         self.fusion = Fusion(kind, C, gate_init)
         self.norm2 = RMSNorm(C, eps=NORM_EPS)
@@ -567,7 +568,8 @@ class Hybrid(nn.Module):
             b = self.a["wkv_backend"]
             out["wkv"] = _w.wkv6_backend(device, self.a["rwkv_head_size"]) if b == "auto" else b
         if self.blocks[0].mamba is not None:
-            out["mamba"] = describe_backend(resolve_backend(self.a["mamba_backend"], device, compiled))
+            out["mamba"] = describe_backend(resolve_backend(self.a["mamba_backend"], device, compiled),
+                                            self.a["mamba_conv"])
         return out
 
     @torch.no_grad()

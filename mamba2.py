@@ -190,17 +190,19 @@ def resolve_backend(backend, device, compiling=False):
     return "mamba_ssm" if lib_ok else "torch"
 
 
-def describe_backend(path):
+def describe_backend(path, conv="conv1d"):
+    torch_conv = "torch conv1d" if conv == "conv1d" else "shift-add conv"
     if path == "mamba_ssm":
-        conv = "causal_conv1d_fn" if _LIB and _LIB["conv"] is not None else "torch conv1d"
+        conv = "causal_conv1d_fn" if _LIB and _LIB["conv"] is not None else torch_conv
         return f"mamba_ssm (mamba_chunk_scan_combined + rmsnorm_fn + {conv})"
-    return "torch (built-in chunked SSD)"
+    return "torch (built-in chunked SSD)" + ("" if conv == "conv1d" else " + shift-add conv")
 
 
-def _announce(path):
-    if path not in _PRINTED:
-        _PRINTED.add(path)
-        print(f"mamba2: using {describe_backend(path)}")
+def _announce(path, conv="conv1d"):
+    what = describe_backend(path, conv)
+    if what not in _PRINTED:
+        _PRINTED.add(what)
+        print(f"mamba2: using {what}")
 
 
 # ------------------------------------------------------------------------------------------------ the mixer
@@ -216,8 +218,10 @@ class Mamba2Mixer(nn.Module):
     """Mamba-2 mixer. forward(u [B,T,d], state) -> (out [B,T,d], state); state = {'ssm': [B,H,P,N] fp32,
     'conv': [B, d_inner + 2N, d_conv - 1]} or None for zeros. T == 1 takes the recurrent step (O(1) per token)."""
 
-    def __init__(self, d_model, d_inner, d_state=64, d_conv=4, headdim=64, chunk=64, backend="auto"):
+    def __init__(self, d_model, d_inner, d_state=64, d_conv=4, headdim=64, chunk=64, backend="auto", conv="conv1d"):
         super().__init__()
+        if conv not in ("conv1d", "shift"):
+            raise ValueError(f"mamba_conv={conv!r}: use conv1d or shift")
         if d_inner % headdim:
             raise ValueError(f"Mamba d_inner={d_inner} is not a multiple of mamba_headdim={headdim}; "
                              f"change mamba_expand / mamba_d_inner or mamba_headdim")
@@ -225,6 +229,7 @@ class Mamba2Mixer(nn.Module):
             raise ValueError(f"d_conv={d_conv} and ssd_chunk={chunk} must be >= 1")
         self.d_model, self.d_inner, self.d_state, self.d_conv = d_model, d_inner, d_state, d_conv
         self.headdim, self.nheads, self.chunk, self.backend = headdim, d_inner // headdim, chunk, backend
+        self.conv_impl = conv
         self.conv_dim = d_inner + 2 * d_state
         self.last_path = None
         # Mamba2.__init__ (mamba-ssm 2.3): nn.Linear / nn.Conv1d keep PyTorch's default (kaiming-uniform) init
@@ -283,7 +288,7 @@ class Mamba2Mixer(nn.Module):
         path = resolve_backend(self.backend, u.device, torch.compiler.is_compiling())
         if path != self.last_path and not torch.compiler.is_compiling():
             self.last_path = path
-            _announce(path)
+            _announce(path, self.conv_impl)
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, H], dim=-1)
         # depthwise causal conv over [window of K-1 past inputs ; this segment]
         xBC = xBC.transpose(1, 2)
@@ -295,10 +300,22 @@ class Mamba2Mixer(nn.Module):
             prev = state["conv"].to(xBC.dtype) if state is not None else xBC.new_zeros(Bsz, self.conv_dim, K - 1)
         full = torch.cat([prev, xBC], dim=-1)
         new_conv = full[..., full.size(-1) - (K - 1):]
-        if not lib_conv:
+        if lib_conv:
+            conv = conv.transpose(1, 2)
+        elif self.conv_impl == "shift":
+            # the same correlation as K shifted multiply-adds on [B, T, C] rows: elementwise work that
+            # torch.compile fuses into one kernel (with the SiLU), where cuDNN's depthwise conv1d took 2.3 ms of a
+            # 37.7 ms gf_mh_8m step (results/2026-11-23_profile_gf_mh_8m_h200_graphs.json)
+            rows = full.transpose(1, 2)                                        # [B, T + K - 1, C]
+            w = self.conv1d.weight[:, 0].to(rows.dtype)                         # [C, K]
+            acc = self.conv1d.bias.to(rows.dtype) + rows[:, :T] * w[:, 0]
+            for j in range(1, K):
+                acc = torch.addcmul(acc, rows[:, j:j + T], w[:, j])
+            conv = F.silu(acc)
+        else:
             conv = F.silu(F.conv1d(full, self.conv1d.weight.to(full.dtype), self.conv1d.bias.to(full.dtype),
-                                   groups=self.conv_dim))
-        x, Bm, Cm = conv.transpose(1, 2).split([self.d_inner, N, N], dim=-1)
+                                   groups=self.conv_dim)).transpose(1, 2)
+        x, Bm, Cm = conv.split([self.d_inner, N, N], dim=-1)                    # conv [B, T, C]
         A = -torch.exp(_up(self.A_log))
         s0 = state["ssm"] if state is not None else None
         x = x.reshape(Bsz, T, H, P)

@@ -229,8 +229,9 @@ def _mamba_reference(mx, u):
     return mx.out_proj(y)
 
 
-def test_branches_match_transcribed_references_fp64():
-    m = tiny("GF", seed=3).double()
+@pytest.mark.parametrize("mamba_conv", ["conv1d", "shift"])
+def test_branches_match_transcribed_references_fp64(mamba_conv):
+    m = tiny("GF", seed=3, mamba_conv=mamba_conv).double()
     x = torch.randn(2, 19, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         for blk in m.blocks:
@@ -238,6 +239,25 @@ def test_branches_match_transcribed_references_fp64():
             assert rel(a, _rwkv_reference(blk.rwkv, x)) < 1e-10
             b, _ = blk.mamba(x)
             assert rel(b, _mamba_reference(blk.mamba, x)) < 1e-10
+
+
+def test_shift_conv_equals_conv1d_with_state_and_grads_fp64():
+    """mamba_conv='shift' (K shifted multiply-adds) is F.conv1d's correlation: the same outputs, carried conv
+    windows and parameter / input gradients in float64, over two segments (the second starts from the first's
+    state, T = 7 and 12: shorter and longer than the window)."""
+    x = torch.randn(2, 19, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    outs = []
+    for conv in ("conv1d", "shift"):
+        mx = tiny("GF", seed=8, mamba_conv=conv).double().blocks[0].mamba
+        xi = x.clone().requires_grad_()
+        a, st = mx(xi[:, :7])
+        b, st2 = mx(xi[:, 7:], st)
+        (a.square().sum() + b.sin().sum() + st2["conv"].sum() + st2["ssm"].sum()).backward()
+        outs.append((torch.cat([a, b], 1), st2["conv"], st2["ssm"], xi.grad, mx.conv1d.weight.grad, mx.conv1d.bias.grad))
+    for u, v in zip(*outs):
+        assert rel(u, v) < 1e-12
+    with pytest.raises(ValueError, match="mamba_conv='fft': use conv1d or shift"):
+        tiny("GF", mamba_conv="fft")
 
 
 def test_whole_model_step_equals_forward_fp64():

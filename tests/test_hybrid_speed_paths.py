@@ -48,12 +48,13 @@ def test_step_takes_no_sequence_path_and_keeps_the_input_state(monkeypatch):
             assert c[k] is not a[k]
 
 
-@pytest.mark.parametrize("wkv_backend", ["auto", "torch"])
-def test_training_forward_traces_without_graph_breaks(wkv_backend, monkeypatch):
+@pytest.mark.parametrize("wkv_backend,mamba_conv", [("auto", "conv1d"), ("torch", "conv1d"), ("torch", "shift")])
+def test_training_forward_traces_without_graph_breaks(wkv_backend, mamba_conv, monkeypatch):
     # a fresh "printed once" set: the wkv6 'using backend' line must not be printed from inside the traced graph
     # (print() is a graph break, and it would stay in the compiled code as one break per layer)
     monkeypatch.setattr(wkv6, "_printed", set())
-    m = tiny("GF-MH", wkv_backend=wkv_backend, dropout=0.1).train()
+    monkeypatch.setattr(mamba2, "_PRINTED", set())
+    m = tiny("GF-MH", wkv_backend=wkv_backend, dropout=0.1, mamba_conv=mamba_conv).train()
     idx = torch.randint(0, 23, (2, 16), generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
     ex = torch._dynamo.explain(lambda x, y: m(x, y)[1])(idx, idx)
