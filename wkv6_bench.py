@@ -6,7 +6,8 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
 --from=...`, or run `python bench.py --what=kernel`, which calls bench() here).
 
     python wkv6_bench.py [--out=DIR] [--deadline_s=S] [--reps=R] [--impls=triton,cuda,...] [--shapes=0,1,...]
-                         [--modes=split,fused] [--intras=columns,levels] [--variants=0|1]
+                         [--modes=split,fused] [--intras=columns,levels] [--variants=0|1] [--profile=0|1]
+--profile=1 adds each Triton measurement's per-kernel device times (torch.profiler) and autotuned configs.
 (`python wkv6_triton.py --bench ...` is the same.)
 """
 import os
@@ -41,6 +42,28 @@ def _time_ms(fn, reps, warmup=3):
     return out
 
 
+def kernel_times(fn, reps, device_type='cuda'):
+    """Device time per kernel of one fn() call: {kernel name: (ms per call, launches per call)}, largest first, from
+    torch.profiler over `reps` calls after one unprofiled call. On CUDA the entries are the GPU kernels themselves
+    (Triton kernels under their function names, so scan vs chunk kernels, forward vs backward, and the host-side sums
+    of split partials each get their own line); device_type='cpu' profiles CPU ops instead (the tests' stand-in)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device_type == 'cuda'
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(reps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    want = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    rows = {e.key: ((e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3 / reps, e.count / reps)
+            for e in prof.key_averages() if e.device_type == want}
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1][0]))
+
+
 def _median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -53,6 +76,7 @@ def bench(argv):
     import subprocess
     import time
     import wkv6 as W
+    import wkv6_triton as T_
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     out_dir = opts.get('out', 'results')
     deadline = time.time() + float(opts.get('deadline_s', 1e9))
@@ -62,6 +86,7 @@ def bench(argv):
     want_modes = opts.get('modes', 'split,fused').split(',')   # Triton schedules timed at every shape
     want_intras = opts.get('intras', 'columns,levels').split(',')   # and forms of the intra-chunk pairs (_intra)
     want_variants = opts.get('variants', '1') == '1'
+    want_profile = opts.get('profile', '0') == '1'   # per-kernel device time of each Triton fwd+bwd (kernel_times)
     os.makedirs(out_dir, exist_ok=True)
     dev = 'cuda'
     seed = 1234
@@ -159,6 +184,14 @@ def bench(argv):
             rec['fwd_median_ms'] = _median(rec['fwd_ms'])
             rec['fwdbwd_median_ms'] = _median(rec['fwdbwd_ms'])
             rec['wall_s'] = time.time() - t0
+            if want_profile and name == 'triton':
+                kt = kernel_times(fwdbwd, 5)
+                rec['kernels_fwdbwd'] = [dict(name=k, ms=ms, launches=n) for k, (ms, n) in kt.items()]
+                # which config each autotuned kernel settled on (the last shape it was tuned for is this one)
+                rec['autotuned'] = {k: str(getattr(getattr(T_, k), 'best_config', None)) for k in dir(T_)
+                                    if k.endswith('_kernel') and hasattr(getattr(T_, k), 'best_config')}
+                print('      kernels: ' + ', '.join(f"{k[:28]} {ms:.3f} ms x{n:g}" for k, (ms, n) in
+                                                    list(kt.items())[:6]), flush=True)
             try:
                 with torch.no_grad():   # sanity: same answer as the CUDA kernel on these inputs
                     ya, sa = fn(*sets[0])
@@ -198,6 +231,8 @@ def bench(argv):
                 continue
             for intra in want_intras:   # side by side; '*' marks what 'auto' (and the default intra form) runs
                 for mode in want_modes:
+                    if time.time() > deadline:   # checked per measurement: one shape's set can take minutes
+                        break
                     label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
                         ('triton-fused[%d,%d]' % _blocks(B, H, 64))
                     label += '' if intra == 'columns' else '/levels'

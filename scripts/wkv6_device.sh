@@ -6,7 +6,7 @@
 #   1. cpu_tests.log: tests/test_wkv6.py under this box's triton (interpreter, CPU tensors)
 #   2. gpu_tests.log: tests/test_wkv6_gpu.py (CUDA + Triton vs float64, fp32/bf16/fp16)
 #   3. sanitizer.log: compute-sanitizer memcheck (+ racecheck if WKV6_RACECHECK=1) on small CUDA cases
-#   4. bench.log + wkv6_bench.json: python wkv6_bench.py (uses what time is left)
+#   4. bench.log + wkv6_bench.json: python wkv6_bench.py --profile=1 (uses what time is left; per-kernel times)
 # Everything lands in $OUT (the device tool's folder) or ./out_wkv6; at most 6 files.
 set -u
 cd "$(dirname "$0")/.."
@@ -72,7 +72,7 @@ fi
 echo "== 4. bench  [$(left)s left]"
 DL=$(( $(left) - 25 ))
 if [ "$DL" -gt 30 ]; then
-  timeout $(( DL + 20 )) python3 wkv6_bench.py --out="$OUT" --deadline_s="$DL" ${WKV6_BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
+  timeout $(( DL + 20 )) python3 wkv6_bench.py --out="$OUT" --deadline_s="$DL" --profile=1 ${WKV6_BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
   echo "rc=$?"; sed -n '/^summary/,$p' "$OUT/bench.log"; grep -E "ERROR" "$OUT/bench.log" | head -5
 else
   echo "skipped: no time left"

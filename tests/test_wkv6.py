@@ -236,3 +236,13 @@ def test_ptxas_report_compiles_the_chunk_kernels_for_sm90():
     assert set(rows) == {"columns", "levels"}, out.stdout
     assert rows["columns"][1] == rows["levels"][1] == 0 and 0 < rows["columns"][0] <= 255, rows
     assert rows["levels"][2] < rows["columns"][2] and rows["levels"][3] < rows["columns"][3], rows
+
+
+def test_kernel_times_is_per_call_and_per_kernel():
+    """wkv6_bench.kernel_times (--profile=1 on the GPU box): per-call time and launch count for each kernel, largest
+    first. Here on CPU ops, the profiler's CPU stand-in for GPU kernels: 3 profiled calls of one mm + one relu."""
+    from wkv6_bench import kernel_times
+    a = torch.randn(96, 96)
+    kt = kernel_times(lambda: torch.relu(a @ a), 3, device_type='cpu')
+    assert kt['aten::mm'][1] == 1 and kt['aten::relu'][1] == 1 and kt['aten::mm'][0] > 0, kt
+    assert [v[0] for v in kt.values()] == sorted((v[0] for v in kt.values()), reverse=True)
