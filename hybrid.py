@@ -620,15 +620,18 @@ class DecodeGraph:
     casts are part of the graph and nothing it reads is freed behind it; parameters are read in place, so the graph
     sees weights updated in place. generate() captures one per call (two warm-up steps + one capture)."""
 
-    def __init__(self, model, state):
+    def __init__(self, model, state, capture=True):
         dev = next(model.parameters()).device
-        if dev.type != "cuda" or not torch.cuda.is_available():
+        if capture and (dev.type != "cuda" or not torch.cuda.is_available()):
             raise ValueError(f"cuda_graph decoding needs the model on a CUDA device, it is on {dev}; "
                              f"pass cuda_graph=False")
         B = next(v for st in state for v in st.values()).size(0)
         model._check_state(state, B)
+        self.model, self.graph = model, None
         self.token = torch.zeros(B, 1, dtype=torch.long, device=dev)
         self.state = [{k: v.clone() for k, v in st.items()} for st in state]
+        if not capture:   # the same body run eagerly per call: the tests check the buffer logic on a CPU with it
+            return
         autocast = lambda: torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),  # noqa: E731
                                           enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
         side = torch.cuda.Stream(dev)
@@ -639,13 +642,20 @@ class DecodeGraph:
         torch.cuda.current_stream(dev).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph), autocast():
-            self.logits, new = model.step(self.token, self.state)
-            for buf, st in zip(self.state, new):
-                for k, v in buf.items():
-                    v.copy_(st[k])
+            self.logits = self._body()
+
+    def _body(self):
+        """What the graph runs: one step from the buffers, then the new state copied over them (after every read)."""
+        logits, new = self.model.step(self.token, self.state)
+        for buf, st in zip(self.state, new):
+            for k, v in buf.items():
+                v.copy_(st[k])
+        return logits
 
     def __call__(self, token):
         self.token.copy_(token)
+        if self.graph is None:
+            return self._body()
         self.graph.replay()
         return self.logits
 

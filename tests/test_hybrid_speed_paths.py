@@ -175,6 +175,29 @@ def test_cuda_graph_decoding_off_cuda_is_one_clear_error():
         hybrid.DecodeGraph(m, st)
 
 
+@pytest.mark.parametrize("fusion,ffn", [("GF-MH", "cmix"), ("HGF", "swiglu"), ("MAMBA", "gelu"), ("RWKV", "cmix")])
+def test_decode_graph_body_carries_the_state_in_its_buffers_fp64(fusion, ffn):
+    """DecodeGraph's body (what the CUDA graph replays; capture=False runs it eagerly on a CPU): one step from its own
+    state buffers, then the new state copied over them. Over 12 tokens its logits and final state equal eager step()'s
+    in float64, and the caller's state is left alone."""
+    m = tiny(fusion, seed=6, ffn=ffn).double()
+    idx = torch.randint(0, 23, (2, 7), generator=torch.Generator().manual_seed(1))
+    toks = torch.randint(0, 23, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, _, st = m(idx, return_state=True)
+        before = [{k: v.clone() for k, v in s.items()} for s in st]
+        g = hybrid.DecodeGraph(m, st, capture=False)
+        est, want, got = st, [], []
+        for t in range(toks.size(1)):
+            lo, est = m.step(toks[:, t:t + 1], est)
+            want.append(lo)
+            got.append(g(toks[:, t:t + 1]).clone())
+    assert rel(torch.cat(got, 1), torch.cat(want, 1)) < 1e-13
+    for a, b, c, d in zip(g.state, est, st, before):
+        for k in a:
+            assert rel(a[k], b[k]) < 1e-13 and torch.equal(c[k], d[k]), k
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("fusion,ffn,autocast", [("GF-MH", "cmix", False), ("GF-MH", "cmix", True),
                                                  ("HGF", "swiglu", False), ("MAMBA", "cmix", True)])
