@@ -16,7 +16,8 @@
 #   bash scripts/device_hybrid.sh --smoke [--quality ...] CORPUS OUT_DIR             (CPU, tiny models: tests it)
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
-#   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256), TLONG ("4096 16384", or none), GEN_TOKENS
+#   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256), MAMBA_CONVS ("conv1d", or "conv1d shift":
+#   each variant with both depthwise convs, side by side), TLONG ("4096 16384", or none), GEN_TOKENS
 #   (128), GEN_REPEATS (3), GEN_GRAPH ("0,1": the hybrid decodes eager and through hybrid.DecodeGraph), GEN_CAP (s,
 #   180: the generation measurement's time limit).
 #   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (100:
@@ -201,13 +202,16 @@ B=("$repo/bench.py" "${tiny[@]}" "${bargs[@]}" --out=parts)
 # most important first: the T=256 ratio, then generation, then long T; each measurement is capped (seconds)
 measure gpt_T$T0 150 $PY "${B[@]}" config/gpt_8m.py --T=$T0 --name=gpt_8m_T$T0
 for v in "${VARIANTS[@]}"; do
-  measure gf_mh_T${T0}_wkv_$v 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
-      --name=gf_mh_8m_T${T0}_wkv_$v
-  rc=$?
-  if [ $smoke = 0 ] && [ $rc != 0 ] && [ $rc != 124 ]; then  # a compile error: is it the CUDA graphs?
-    measure gf_mh_T${T0}_wkv_${v}_nograph 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
-        --compile_mode=default --name=gf_mh_8m_T${T0}_wkv_${v}_nograph
-  fi
+  for cv in ${MAMBA_CONVS:-conv1d}; do  # MAMBA_CONVS="conv1d shift": the built-in SSD's two depthwise convs
+    sfx=$([ "$cv" = conv1d ] || echo "_$cv")
+    measure gf_mh_T${T0}_wkv_$v$sfx 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
+        --mamba_conv=$cv --name=gf_mh_8m_T${T0}_wkv_$v$sfx
+    rc=$?
+    if [ $smoke = 0 ] && [ $rc != 0 ] && [ $rc != 124 ]; then  # a compile error: is it the CUDA graphs?
+      measure gf_mh_T${T0}_wkv_$v${sfx}_nograph 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
+          --mamba_conv=$cv --compile_mode=default --name=gf_mh_8m_T${T0}_wkv_$v${sfx}_nograph
+    fi
+  done
 done
 # generation: eager (the cache / state grows each step), both models in one process. The GPT's prompt + new tokens
 # must fit its block_size, so both run with block_size=GEN_BLOCK (RoPE: no position table; the recurrent hybrid has
@@ -264,11 +268,12 @@ def merged(what, docs, extra_notes, summary_extra):
     return doc
 
 train_docs = [d for d in parts.values() if d["what"] == "train"]
-tok = {(r["config"], r["T"], r["backends"].get("wkv")): r["tok_s_median"]
+tok = {(r["config"], r["T"], r["backends"].get("wkv"), r["backends"].get("mamba")): r["tok_s_median"]
        for d in train_docs for r in d["summary"]["rows"]}
-gpt = {T: v for (c, T, _), v in tok.items() if c == "gpt_8m"}
-ratios = [dict(T=T, wkv=w, hybrid_tok_s=v, gpt_tok_s=gpt.get(T), ratio=v / gpt[T] if gpt.get(T) else None)
-          for (c, T, w), v in sorted(tok.items(), key=lambda x: (x[0][1], str(x[0][2]))) if c == "gf_mh_8m"]
+gpt = {T: v for (c, T, _, _), v in tok.items() if c == "gpt_8m"}
+ratios = [dict(T=T, wkv=w, mamba=mb, hybrid_tok_s=v, gpt_tok_s=gpt.get(T), ratio=v / gpt[T] if gpt.get(T) else None)
+          for (c, T, w, mb), v in sorted(tok.items(), key=lambda x: (x[0][1], str(x[0][2]), str(x[0][3])))
+          if c == "gf_mh_8m"]
 cross = [r["T"] for r in ratios if r["ratio"] is not None and r["ratio"] >= 1]
 train = merged("train", train_docs, [
     f"hybrid/GPT = ratio of median per-step tok/s at the same T, tokens per step and windows; issue 4 asks >= 0.35 "
@@ -292,7 +297,7 @@ for path, doc in ((train_path, train), (gen_path, gen)):
 for o in outcomes:
     print(f"[hybrid] {o['measurement']:<28} {o['outcome']} ({o['seconds']}s)")
 for r in ratios:
-    print(f"[hybrid] T={r['T']} wkv={r['wkv']}: hybrid {r['hybrid_tok_s'] or 0:,.0f} tok/s vs gpt "
+    print(f"[hybrid] T={r['T']} wkv={r['wkv']} mamba={r['mamba']}: hybrid {r['hybrid_tok_s'] or 0:,.0f} tok/s vs gpt "
           f"{r['gpt_tok_s'] or 0:,.0f}: ratio {r['ratio'] if r['ratio'] is None else round(r['ratio'], 3)}")
 EOF
 merge_rc=$?

@@ -73,7 +73,8 @@ def test_device_hybrid_speed_smoke(tmp_path):
     in bench.py's format (make_tables renders them); the hybrid/GPT ratio is the rows' tok/s ratio; a measurement that
     breaks is recorded with its exit code and log tail instead of ending the command."""
     out = tmp_path / "out"
-    p = run_script(["scripts/device_hybrid.sh", "--smoke", str(corpus(tmp_path)), str(out)])
+    p = run_script(["scripts/device_hybrid.sh", "--smoke", str(corpus(tmp_path)), str(out)],
+                   env=dict(MAMBA_CONVS="conv1d shift"))   # the hybrid with both depthwise convs, side by side
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     files = flat_results(out)
     assert len(files) == 2
@@ -81,12 +82,16 @@ def test_device_hybrid_speed_smoke(tmp_path):
     gen = json.load(open(glob.glob(str(out / "*_hybrid_smoke_generate.json"))[0]))
     s = speed["summary"]
     assert speed["what"] == "train" and speed["schema"] == bench.SCHEMA
-    assert all(m["outcome"] == "ok" for m in s["measurements"]) and len(s["measurements"]) == 3
-    tok = {(r["config"], r["backends"].get("wkv")): r["tok_s_median"] for r in s["rows"]}
-    assert set(tok) == {("gpt_8m", None), ("gf_mh_8m", "torch")}
-    (ratio,) = s["hybrid_vs_gpt"]
-    assert ratio["T"] == 16 and ratio["ratio"] == pytest.approx(tok[("gf_mh_8m", "torch")] / tok[("gpt_8m", None)])
-    assert len(speed["commands"]) == 2 and all(shlex.split(c)[1] == "bench.py" for c in speed["commands"])
+    assert all(m["outcome"] == "ok" for m in s["measurements"]) and len(s["measurements"]) == 4
+    tok = {(r["config"], r["backends"].get("mamba")): r["tok_s_median"] for r in s["rows"]}
+    ssd = "torch (built-in chunked SSD)"
+    assert set(tok) == {("gpt_8m", None), ("gf_mh_8m", ssd), ("gf_mh_8m", ssd + " + shift-add conv")}
+    ratios = {r["mamba"]: r for r in s["hybrid_vs_gpt"]}
+    assert set(ratios) == {ssd, ssd + " + shift-add conv"}
+    for mb, r in ratios.items():
+        assert r["T"] == 16 and r["wkv"] == "torch" and r["ratio"] == pytest.approx(tok[("gf_mh_8m", mb)] /
+                                                                                   tok[("gpt_8m", None)])
+    assert len(speed["commands"]) == 3 and all(shlex.split(c)[1] == "bench.py" for c in speed["commands"])
     paths = {(r["config"], r["path"]) for r in gen["summary"]["rows"]}
     assert paths == {("gf_mh_8m", "recurrent_step"), ("gpt_8m", "kv_cache")} and len(gen["summary"]["rows"]) == 8
     import make_tables
