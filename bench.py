@@ -432,9 +432,6 @@ def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed, graph=Fal
     ptdtype, ac = autocast_ctx(cfg, device_type)
     torch.manual_seed(seed)
     model = build_model(model_args_from(cfg, data.meta["vocab_size"], cfg["block_size"])).to(device).eval()
-    if graph and not hasattr(model, "step"):
-        raise BenchError(f"--gen_graph=1: {type(model).__name__} has no recurrent step() to capture (the GPT's KV "
-                         f"cache grows every token); use --gen_graph=0 for it")
     if hasattr(model, "new_cache"):  # GPT: the KV cache, which generate() uses
         if ctx_len + gen_tokens > cfg["block_size"]:
             raise BenchError(f"ctx {ctx_len} + gen_tokens {gen_tokens} exceeds block_size {cfg['block_size']}: the GPT's "

@@ -491,10 +491,10 @@ class Hybrid(nn.Module):
             out.append(nxt)
             if i + 1 < max_new_tokens:
                 if graph is not None:
-                    logits = graph(nxt)[:, -1, :]   # the graph's output buffer: read before the next replay
+                    logits = graph(nxt)   # the graph's output buffer: read before the next replay
                 else:
                     logits, state = self.step(nxt, state)
-                    logits = logits[:, -1, :]
+                logits = logits[:, -1, :]
         raise_if_nonfinite(finite)
         return torch.cat(out, dim=1)   # one concat at the end, not a growing copy per token
 

@@ -191,10 +191,10 @@ def resolve_backend(backend, device, compiling=False):
 
 
 def describe_backend(path, conv="conv1d"):
-    torch_conv = "torch conv1d" if conv == "conv1d" else "shift-add conv"
     if path == "mamba_ssm":
-        conv = "causal_conv1d_fn" if _LIB and _LIB["conv"] is not None else torch_conv
-        return f"mamba_ssm (mamba_chunk_scan_combined + rmsnorm_fn + {conv})"
+        lib_conv = _LIB and _LIB["conv"] is not None
+        used = "causal_conv1d_fn" if lib_conv else "torch conv1d" if conv == "conv1d" else "shift-add conv"
+        return f"mamba_ssm (mamba_chunk_scan_combined + rmsnorm_fn + {used})"
     return "torch (built-in chunked SSD)" + ("" if conv == "conv1d" else " + shift-add conv")
 
 

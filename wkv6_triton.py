@@ -539,7 +539,8 @@ def _mode(B, H, T):
     fwd+bwd ms fused / split): B*H=128 at T=256 1.03 / 1.38 and T=1024 2.31 / 2.73, B*H=192 at
     T=256 1.32 / 1.74, B*H=256 at T=4096 15.5 / 17.9, but B*H=4 at T=16384 26.3 / 4.7: fused
     wherever B*H alone fills the GPU (>= 128 programs), split when it does not (between 4 and 128
-    not measured)."""
+    not measured). Those were the column form's; with the levels form (results/wkv6_bench_h200_run2.json)
+    B*H=128 at T=256 is 1.21 / 1.17 (split 3% faster), T=1024 1.78 / 2.06, B*H=256 at T=4096 9.89 / 10.97."""
     m = os.environ.get('WKV6_TRITON_MODE')
     if m is None:
         return 'fused' if B * H >= 128 else 'split'
