@@ -477,8 +477,8 @@ def measure_generate(cfg, data, ctx_len, B, gen_tokens, repeats, seed, graph=Fal
             gen.manual_seed(seed)
             sync(device_type)
             t0 = time.perf_counter()
-            model.generate(prompt, gen_tokens + 1, temperature=1.0, generator=gen, **({"cuda_graph": True} if graph
-                                                                                     else {}))
+            model.generate(prompt, gen_tokens + 1, temperature=1.0, generator=gen,
+                           **({"cuda_graph": bool(graph)} if hasattr(model, "step") else {}))
             sync(device_type)
             r["generate_s"] = time.perf_counter() - t0
             if rep > 0:
@@ -715,6 +715,13 @@ def _cuda_ok():
     return torch.cuda.is_available()
 
 
+def _device_ms(rec):
+    """GPU time of one fwd+bwd call: the sum of its kernels' device times (wkv6_bench --profile=1, Triton rows
+    only; None without a profile). fwdbwd_ms minus this is time the GPU waited for the host to launch work."""
+    ks = rec.get("kernels_fwdbwd")
+    return sum(k["ms"] for k in ks) if ks else None   # each entry is already ms per call, all its launches
+
+
 def run_kernel(opts, rest, argv):
     """The kernels issue owns the WKV-6 timer (wkv6_bench.bench: CUDA events, warm-up excluded, medians of
     per-repeat ms, a measured copy bandwidth for the I/O floor). It writes its own wkv6_bench.json; this converts
@@ -748,7 +755,7 @@ def run_kernel(opts, rest, argv):
     rows = [dict(shape="x".join(map(str, r["shape"])), impl=r["impl"], fwd_ms=r.get("fwd_median_ms"),
                  fwdbwd_ms=r.get("fwdbwd_median_ms"), floor_fwd_ms=r.get("io_floor_fwd_ms"),
                  floor_fwdbwd_ms=r.get("io_floor_fwdbwd_ms"), y_rel_vs_cuda=r.get("y_rel_vs_cuda"),
-                 error=r.get("error", "")) for r in results]
+                 device_fwdbwd_ms=_device_ms(r), error=r.get("error", "")) for r in results]
     here = provenance("cpu")
     git = {"sha": meta.get("git_sha"), "dirty": meta.get("git_dirty"), "source_digest": meta.get("source_digest")} \
         if source else here["git"]

@@ -27,7 +27,8 @@ top_k = 200
 top_p = 1.0
 seed = 1337
 use_ema = True            # use the EMA weights when the checkpoint has them
-cuda_graph = False        # hybrids on CUDA: decode each token as one captured CUDA graph (hybrid.DecodeGraph)
+cuda_graph = True         # hybrids on CUDA: decode each token as one captured CUDA graph (hybrid.DecodeGraph,
+                          # ~8x faster than eager step() on an H200); not used by the GPT or on a CPU
 gpt2_file = ""
 device = "cuda" if torch.cuda.is_available() else "cpu"
 dtype = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
@@ -54,11 +55,11 @@ def main():
         sys.exit(2)
     torch.manual_seed(seed)
     model = model_from_checkpoint(ck, device, use_ema=use_ema)
-    if cuda_graph and not (device.startswith("cuda") and hasattr(model, "step")):
-        print(f"error: --cuda_graph=True needs a recurrent model (a hybrid) on a CUDA device; this is a "
-              f"{type(model).__name__} on {device}. Drop --cuda_graph", file=sys.stderr)
-        sys.exit(2)
-    graph_kw = {"cuda_graph": True} if cuda_graph else {}
+    graph_kw = {}
+    if hasattr(model, "step"):   # a hybrid: say which decode path runs
+        graph_kw = {"cuda_graph": bool(cuda_graph) and device.startswith("cuda")}
+        print(f"decode: recurrent step(), {'one CUDA graph per token' if graph_kw['cuda_graph'] else 'eager'}",
+              file=sys.stderr)
     model.eval()
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

@@ -253,14 +253,40 @@ def _cuda_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs, output[1])
 
 
-def _cuda_backward(ctx, gy, gsT):
-    r, k, v, w, u, s0, sT = ctx.saved_tensors
+def _cuda_upstream(r, s0, gy, gsT):
     gy = torch.zeros_like(r) if gy is None else gy.to(r.dtype).contiguous()
     gsT = torch.zeros_like(s0) if gsT is None else gsT.float().contiguous()
-    return _cuda_bwd(r, k, v, w, u, s0, sT, gy, gsT)
+    return gy, gsT
+
+
+def _cuda_backward(ctx, gy, gsT):
+    r, k, v, w, u, s0, sT = ctx.saved_tensors
+    return _cuda_bwd(r, k, v, w, u, s0, sT, *_cuda_upstream(r, s0, gy, gsT))
 
 
 _cuda_fwd.register_autograd(_cuda_backward, setup_context=_cuda_setup)
+
+
+class _EagerCUDA(torch.autograd.Function):
+    """Eager calls of the same extension functions without torch.library's Python dispatch (host time per call,
+    see wkv6_triton._EagerWKV6); torch.compile traces the custom ops above."""
+
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, s0):
+        y, sT = _load_cuda().fwd(_DTYPE_CODE[r.dtype], r, k, v, w, u, s0)
+        ctx.save_for_backward(r, k, v, w, u, s0, sT)
+        return y, sT
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gsT):
+        r, k, v, w, u, s0, sT = ctx.saved_tensors
+        return tuple(_load_cuda().bwd(_DTYPE_CODE[r.dtype], r, k, v, w, u, s0, sT, *_cuda_upstream(r, s0, gy, gsT)))
+
+
+def _eager_route():
+    """Eager calls skip the custom ops' dispatch unless WKV6_EAGER_CUSTOM_OP=1 (the A/B timing route)."""
+    return not torch.compiler.is_compiling() and os.environ.get('WKV6_EAGER_CUSTOM_OP') != '1'
 
 
 def _prep_fast(r, k, v, w, u, state):
@@ -272,7 +298,13 @@ def _prep_fast(r, k, v, w, u, state):
 
 def wkv6_cuda(r, k, v, w, u, state=None):
     """The wkv6.cu kernels (fp32 state/accumulation); same contract as wkv6()."""
-    return _cuda_fwd(*_prep_fast(r, k, v, w, u, state))
+    args = _prep_fast(r, k, v, w, u, state)
+    if not _eager_route():
+        return _cuda_fwd(*args)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in args):
+        return _EagerCUDA.apply(*args)
+    y, sT = _load_cuda().fwd(_DTYPE_CODE[r.dtype], *args)
+    return y, sT
 
 
 # ----------------------------------------------------------------------------------------------

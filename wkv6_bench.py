@@ -9,6 +9,11 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
                          [--modes=split,fused] [--intras=columns,levels] [--variants=0|1] [--profile=0|1]
 --profile=1 adds each Triton measurement's per-kernel device times (torch.profiler) and autotuned configs.
 (`python wkv6_triton.py --bench ...` is the same.)
+
+    python wkv6_bench.py --host=1 [--out=DIR]      (any machine, no GPU: writes OUT/wkv6_host_overhead.json)
+times the host side alone: one Triton fwd+bwd call with every kernel launch replaced by a no-op, on CPU tensors,
+through the eager route and through the custom ops (WKV6_EAGER_CUSTOM_OP=1), next to an autograd.Function that does
+nothing (the floor of any autograd op). Small GPU calls wait on exactly this host work (--profile=1 shows the gap).
 """
 import os
 import sys
@@ -87,6 +92,9 @@ def bench(argv):
     want_intras = opts.get('intras', 'columns,levels').split(',')   # and forms of the intra-chunk pairs (_intra)
     want_variants = opts.get('variants', '1') == '1'
     want_profile = opts.get('profile', '0') == '1'   # per-kernel device time of each Triton fwd+bwd (kernel_times)
+    # the default Triton config and CUDA also through the custom ops (what torch.compile traces), side by side with
+    # the eager route (plain autograd.Function) every eager call takes: the A/B of the host time per call
+    want_op_route = opts.get('op_route', '1') == '1'
     os.makedirs(out_dir, exist_ok=True)
     dev = 'cuda'
     seed = 1234
@@ -106,6 +114,9 @@ def bench(argv):
         'torch': torch.__version__, 'triton': triton.__version__, 'python': platform.python_version(),
         'cuda_runtime': torch.version.cuda, 'seed': seed, 'reps': reps, 'N': 64, 'dtype': 'bf16',
         'timing': 'CUDA events around each call, 3 warm-up calls excluded; medians of per-repeat ms',
+        'routes': "eager calls run through plain autograd.Functions (wkv6_triton._EagerWKV6, wkv6._EagerCUDA); "
+                  "'+op' = the same kernels through the torch.library custom ops torch.compile traces "
+                  "(WKV6_EAGER_CUSTOM_OP=1), timed next to it",
     }
     print(f"device: {meta['device']}  driver {meta['driver']}  torch {meta['torch']}  triton {meta['triton']}", flush=True)
 
@@ -211,6 +222,13 @@ def bench(argv):
         del sets, grad_sets
         torch.cuda.empty_cache()
 
+    def op_route(measure):
+        os.environ['WKV6_EAGER_CUSTOM_OP'] = '1'
+        try:
+            measure()
+        finally:
+            os.environ.pop('WKV6_EAGER_CUSTOM_OP', None)
+
     def save():
         path = os.path.join(out_dir, 'wkv6_bench.json')
         with open(path, 'w') as f:
@@ -228,6 +246,8 @@ def bench(argv):
             os.environ.pop('WKV6_TRITON_BLOCKS', None)
             if name != 'triton':
                 one(si, name, fn, name)
+                if name == 'cuda' and want_op_route:
+                    op_route(lambda: one(si, name, fn, name + '+op'))
                 continue
             for intra in want_intras:   # side by side; '*' marks what 'auto' (and the default intra form) runs
                 for mode in want_modes:
@@ -239,6 +259,8 @@ def bench(argv):
                     auto = _mode(B, H, T) == mode and intra == ('columns', 'levels')[_intra()]
                     one(si, name, fn, label + ('*' if auto else ''),
                         mode=mode, intra=intra)
+                    if auto and want_op_route:
+                        op_route(lambda: one(si, name, fn, label + '*+op', mode=mode, intra=intra))
         save()
     for si in (want_shapes if want_variants and 'triton' in impls else []):
         for var in BENCH_VARIANTS.get(si, []):
@@ -256,5 +278,92 @@ def bench(argv):
     print("wrote", path)
 
 
+def host_overhead(argv):
+    """Host time of one wkv6_triton call with the launches stubbed (see the module docstring); medians of `reps`."""
+    import json
+    import platform
+    import time
+    import wkv6_triton as T_
+    opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+    out_dir, reps = opts.get('out', 'results'), int(opts.get('reps', 500))
+    B, T, H, N = 32, 16, 4, 64   # (B, H, N) of the (32,256,4) shape (they set the blocks); T=16 keeps CPU ops cheap
+    g = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(B, T, H, N, generator=g).to(torch.bfloat16).requires_grad_() for _ in range(3)]
+    leaves += [(-torch.rand(B, T, H, N, generator=g)).requires_grad_(), torch.randn(H, N, generator=g).requires_grad_(),
+               torch.randn(B, H, N, N, generator=g).requires_grad_()]
+    gy, gs = torch.randn(B, T, H, N, generator=g).to(torch.bfloat16), torch.randn(B, H, N, N, generator=g)
+
+    class Nothing(torch.autograd.Function):   # the floor: an autograd op that allocates its outputs and grads only
+        @staticmethod
+        def forward(ctx, r, k, v, w, u, s0):
+            return torch.empty_like(r), torch.empty_like(s0)
+
+        @staticmethod
+        def backward(ctx, a, b):
+            return tuple(torch.empty_like(x) for x in leaves)
+
+    def median_ms(fn):
+        for _ in range(20):
+            fn()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return sorted(ts)[reps // 2] * 1e3
+
+    def fwdbwd(op):
+        def call():
+            for x in leaves:
+                x.grad = None
+            y, s = op(*leaves)
+            torch.autograd.backward([y, s], [gy, gs])
+        return call
+
+    def fwd(op):
+        def call():
+            with torch.no_grad():
+                op(*leaves)
+        return call
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *a, **k: None
+    saved = {n: getattr(T_, n) for n in dir(T_) if n.endswith('_kernel')}
+    rows = [dict(route='autograd.Function doing nothing', mode=None, fwd_ms=median_ms(fwd(Nothing.apply)),
+                 fwdbwd_ms=median_ms(fwdbwd(Nothing.apply)))]
+    try:
+        for n in saved:
+            setattr(T_, n, NoLaunch())
+        for mode in ('fused', 'split'):
+            os.environ['WKV6_TRITON_MODE'] = mode
+            for route in ('eager', 'custom_op'):
+                os.environ['WKV6_EAGER_CUSTOM_OP'] = '1' if route == 'custom_op' else '0'
+                rows.append(dict(route=route, mode=mode, fwd_ms=median_ms(fwd(wkv6_triton)),
+                                 fwdbwd_ms=median_ms(fwdbwd(wkv6_triton))))
+    finally:
+        for n, f in saved.items():
+            setattr(T_, n, f)
+        os.environ.pop('WKV6_TRITON_MODE', None)
+        os.environ.pop('WKV6_EAGER_CUSTOM_OP', None)
+    meta = {'command': ' '.join([os.path.basename(sys.executable), 'wkv6_bench.py'] + argv),
+            'source_digest': source_digest(), 'machine': platform.processor() or platform.machine(),
+            'cpu_count': os.cpu_count(), 'torch': torch.__version__, 'triton': triton.__version__,
+            'python': platform.python_version(), 'shape': [B, T, H, N], 'blocks': list(_blocks(B, H, N)), 'reps': reps,
+            'timing': 'perf_counter around each call on CPU tensors, kernel launches replaced by no-ops; medians'}
+    for r in rows:
+        print(f"  {r['route']:>32} {str(r['mode'] or ''):>6}: fwd {r['fwd_ms']:.3f} ms  fwd+bwd {r['fwdbwd_ms']:.3f} ms")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, 'wkv6_host_overhead.json')
+    with open(path + '.tmp', 'w') as f:
+        json.dump({'meta': meta, 'results': rows}, f, indent=1)
+    os.replace(path + '.tmp', path)
+    print('wrote', path)
+    return path
+
+
 if __name__ == '__main__':
-    bench(sys.argv[1:])
+    if '--host=1' in sys.argv:
+        host_overhead([a for a in sys.argv[1:] if a != '--host=1'])
+    else:
+        bench(sys.argv[1:])

@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from wkv6 import _check_inputs, _prep_fast
+from wkv6 import _check_inputs, _eager_route, _prep_fast
 
 BT_DEFAULT = 16            # chunk length of the column-loop intra form (and the levels form's default)
 MAX_LEVELS = tl.constexpr(7)   # INTRA=1 unrolls log2(BT) <= 7 levels (chunks of up to 128 tokens)
@@ -509,11 +509,16 @@ def _chunk_len():
     return bt
 
 
+def _cdiv(a, b):
+    """Host-side ceil division (triton.cdiv is a constexpr function in triton 3.6: ~15 us per host call)."""
+    return -(-a // b)
+
+
 def _nti(T, bt):
     """Under TRITON_INTERPRET, triton 3.6 + numpy >= 2.4 cannot range() over a runtime scalar
     (deps.md §1 pitfall 7), so the interpreter gets the chunk count as a constexpr; compiled
     kernels get 0 and compute it from the runtime T (no recompile per T)."""
-    return triton.cdiv(T, bt) if os.environ.get('TRITON_INTERPRET') == '1' else 0
+    return _cdiv(T, bt) if os.environ.get('TRITON_INTERPRET') == '1' else 0
 
 
 def _prec(dtype):
@@ -566,7 +571,7 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
     NK, NV = N // BK, N // BV
     bt, intra = _chunk_len(), _intra()
-    NT = triton.cdiv(T, bt)
+    NT = _cdiv(T, bt)
     prec = _prec(r.dtype)
     y = torch.empty_like(r) if NK == 1 else r.new_empty((NK, B, T, H, N), dtype=torch.float32)
     sT = torch.empty_like(s0)
@@ -596,7 +601,7 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     NK, NV = N // BK, N // BV
     bt, intra = _chunk_len(), _intra()
     NT = hbuf.shape[2]   # the forward's chunk count: its chunk length must still be in force
-    if NT != triton.cdiv(T, bt):
+    if NT != _cdiv(T, bt):
         raise RuntimeError(f"wkv6_triton: the forward ran with {NT} chunks of T={T}, the backward would use "
                            f"{bt}-token chunks; keep WKV6_TRITON_INTRA / WKV6_TRITON_LEVELS_BT fixed between them")
     prec = _prec(r.dtype)
@@ -641,7 +646,7 @@ def _tri_fwd(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor,
 @_tri_fwd.register_fake
 def _(r, k, v, w, u, s0, save):
     B, T, H, N = r.shape
-    NT = triton.cdiv(T, _chunk_len())
+    NT = _cdiv(T, _chunk_len())
     return (torch.empty_like(r), torch.empty_like(s0),
             s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,)))
 
@@ -666,16 +671,41 @@ def _tri_setup(ctx, inputs, output):
     ctx.save_for_backward(r, k, v, w, u, output[2])
 
 
-def _tri_backward(ctx, gy, gsT, _ghbuf):
-    r, k, v, w, u, hbuf = ctx.saved_tensors
+def _upstream(r, gy, gsT):
+    """The backward's incoming gradients, contiguous in the kernels' dtypes (zeros for an output not used)."""
     B, T, H, N = r.shape
     gy = torch.zeros_like(r) if gy is None else gy.to(r.dtype).contiguous()
     gsT = r.new_zeros((B, H, N, N), dtype=torch.float32) if gsT is None else gsT.float().contiguous()
-    dr, dk, dv, dw, du, ds0 = _tri_bwd(r, k, v, w, u, hbuf, gy, gsT)
+    return gy, gsT
+
+
+def _tri_backward(ctx, gy, gsT, _ghbuf):
+    r, k, v, w, u, hbuf = ctx.saved_tensors
+    dr, dk, dv, dw, du, ds0 = _tri_bwd(r, k, v, w, u, hbuf, *_upstream(r, gy, gsT))
     return dr, dk, dv, dw, du, ds0, None
 
 
 _tri_fwd.register_autograd(_tri_backward, setup_context=_tri_setup)
+
+
+class _EagerWKV6(torch.autograd.Function):
+    """Eager (not compiling) calls: the same _fwd_impl / _bwd_impl as the custom ops above, without torch.library's
+    Python dispatch. Timed per call the small shapes are host-bound: at (32,256,4) an H200 ran the fwd+bwd kernels in
+    0.31 ms of GPU time but the call took 1.22 ms (results/2026-12-02_wkv6_kernels_profile_h200.json); on the CPU
+    with the launches stubbed out the custom-op route costs 0.81 ms of host time per fwd+bwd and this one 0.54 ms
+    (tests/test_wkv6.py checks both give identical outputs and gradients). torch.compile still sees the custom ops."""
+
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, s0):
+        y, sT, hbuf = _fwd_impl(r, k, v, w, u, s0, True)
+        ctx.save_for_backward(r, k, v, w, u, hbuf)
+        return y, sT
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gsT):
+        r, k, v, w, u, hbuf = ctx.saved_tensors
+        return _bwd_impl(r, k, v, w, u, hbuf, *_upstream(r, gy, gsT))
 
 
 def wkv6_triton(r, k, v, w, u, state=None):
@@ -688,7 +718,12 @@ def wkv6_triton(r, k, v, w, u, state=None):
         raise ValueError("wkv6_triton: T must be >= 1")
     args = _prep_fast(r, k, v, w, u, state)
     save = torch.is_grad_enabled() and any(x.requires_grad for x in (r, k, v, w, u) + ((state,) if state is not None else ()))
-    y, sT, _ = _tri_fwd(*args, save)
+    if not _eager_route():
+        y, sT, _ = _tri_fwd(*args, save)   # what the compiler traces (and, with the variable, the eager A/B route)
+    elif save:
+        y, sT = _EagerWKV6.apply(*args)
+    else:
+        y, sT, _ = _fwd_impl(*args, False)
     return y, sT
 
 

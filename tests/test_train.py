@@ -99,8 +99,19 @@ def test_sample_deterministic(tiny_data, tmp_path):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("class A:\n")
     assert "class A:" in run_py(args[:-3] + [f"--start=FILE:{prompt}", "--num_samples=1", "--max_new_tokens=5"]).stdout
-    expect_error(run_py(args + ["--cuda_graph=True"], check=False),
-                 "--cuda_graph=True needs a recurrent model (a hybrid) on a CUDA")
+    # cuda_graph (default True) is the hybrids' CUDA decode path: the GPT samples the same text and is not told
+    p = run_py(args + ["--seed=1", "--cuda_graph=True"])
+    text = lambda out: [ln for ln in out.splitlines() if not ln.startswith("Overriding")]  # noqa: E731
+    assert text(p.stdout) == text(a) and "decode:" not in p.stderr
+
+
+def test_sample_hybrid_says_which_decode_path(tiny_data, tmp_path):
+    run_py(["train.py", "config/hybrid_tiny.py", f"--data_dir={tiny_data}", f"--out_dir={tmp_path}", "--max_iters=2",
+            "--eval_interval=2", "--eval_iters=1", "--n_layer=1"])
+    args = ["sample.py", f"--out_dir={tmp_path}", f"--data_dir={tiny_data}", "--device=cpu", "--num_samples=1",
+            "--max_new_tokens=8"]
+    p = run_py(args)   # on a CPU the default cuda_graph=True does not apply: eager step(), and it says so
+    assert "decode: recurrent step(), eager" in p.stderr and p.stdout.strip()
 
 
 def expect_error(p, *needles):

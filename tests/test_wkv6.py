@@ -89,6 +89,26 @@ def test_triton_interpreter_vs_naive(B, T, H, N, decay, mode, intra, monkeypatch
     check_against_reference(wkv6_triton, B, T, H, N, decay, seed=2000 + T)
 
 
+@pytest.mark.parametrize("mode", ['split', 'fused'])
+def test_triton_eager_route_equals_the_custom_op(mode, monkeypatch):
+    """Eager calls go through a plain autograd.Function (_EagerWKV6: less host time per call), torch.compile through
+    the custom ops: both run the same kernels, so outputs and all six gradients are bitwise equal (the custom-op
+    route forced with WKV6_EAGER_CUSTOM_OP=1), and so is the no-grad forward (no states saved)."""
+    from wkv6_triton import wkv6_triton
+    monkeypatch.setenv('WKV6_TRITON_MODE', mode)
+    inputs, upstream = make_inputs(2, 37, 2, 16, 'real', seed=77)
+    eager = run_with_grads(wkv6_triton, inputs, upstream, torch.float32)
+    monkeypatch.setenv('WKV6_EAGER_CUSTOM_OP', '1')
+    via_op = run_with_grads(wkv6_triton, inputs, upstream, torch.float32)
+    for n, a, b in zip(NAMES, eager, via_op):
+        assert torch.equal(a, b), n
+    monkeypatch.delenv('WKV6_EAGER_CUSTOM_OP')
+    with torch.no_grad():
+        y, s = wkv6_triton(*(x.float() for x in inputs))
+    assert torch.equal(y, eager[0]) and torch.equal(s, eager[1])
+    assert not y.requires_grad and y.grad_fn is None
+
+
 @pytest.mark.parametrize("intra", ['columns', 'levels'])
 @pytest.mark.parametrize("mode", ['split', 'fused'])
 def test_triton_key_value_split(mode, intra, monkeypatch):
@@ -246,3 +266,18 @@ def test_kernel_times_is_per_call_and_per_kernel():
     kt = kernel_times(lambda: torch.relu(a @ a), 3, device_type='cpu')
     assert kt['aten::mm'][1] == 1 and kt['aten::relu'][1] == 1 and kt['aten::mm'][0] > 0, kt
     assert [v[0] for v in kt.values()] == sorted((v[0] for v in kt.values()), reverse=True)
+
+
+def test_host_overhead_timer_stubs_launches_and_restores_them(tmp_path):
+    """wkv6_bench.py --host=1: every route times with the launches stubbed, and afterwards the real kernels (and the
+    environment) are back: an interpreted call still matches the reference."""
+    import json
+    import wkv6_bench
+    import wkv6_triton
+    path = wkv6_bench.host_overhead([f"--out={tmp_path}", "--reps=5"])
+    rows = json.load(open(path))["results"]
+    assert [(r["route"], r["mode"]) for r in rows][1:] == [("eager", "fused"), ("custom_op", "fused"),
+                                                           ("eager", "split"), ("custom_op", "split")]
+    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > r["fwd_ms"] for r in rows)
+    assert "WKV6_EAGER_CUSTOM_OP" not in os.environ and "WKV6_TRITON_MODE" not in os.environ
+    check_against_reference(wkv6_triton.wkv6_triton, 1, 20, 1, 16, 'real', seed=5)
