@@ -574,7 +574,7 @@ class Hybrid(nn.Module):
             out["wkv"] = _w.wkv6_backend(device, self.a["rwkv_head_size"]) if b == "auto" else b
         if self.blocks[0].mamba is not None:
             out["mamba"] = describe_backend(resolve_backend(self.a["mamba_backend"], device, compiled),
-                                            self.a["mamba_conv"])
+                                            self.a["mamba_conv"], compiled)
         return out
 
     @torch.no_grad()

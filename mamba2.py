@@ -18,6 +18,7 @@ import importlib.util
 import math
 import sys
 import types
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -160,16 +161,82 @@ def _load_mamba_lib():
     try:
         if importlib.util.find_spec("selective_scan_cuda") is None:
             sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+        from mamba_ssm.ops.triton.ssd_combined import _mamba_chunk_scan_combined_bwd, _mamba_chunk_scan_combined_fwd
         from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
         try:
             from causal_conv1d import causal_conv1d_fn
         except ImportError:
             causal_conv1d_fn = None
-        _LIB = dict(scan=mamba_chunk_scan_combined, norm=rmsnorm_fn, conv=causal_conv1d_fn)
+        _LIB = dict(fwd=_mamba_chunk_scan_combined_fwd, bwd=_mamba_chunk_scan_combined_bwd, norm=rmsnorm_fn,
+                    conv=causal_conv1d_fn)
     except Exception as e:  # a broken install must not break the import of the model: fall back, say why once
         print(f"mamba2: mamba-ssm found but its ops do not import ({type(e).__name__}: {e}); using the built-in SSD")
     return _LIB
+
+
+# mamba-ssm's SSD as two custom ops around the forward and backward that its MambaChunkScanCombinedFn calls (the
+# same kernels, same arguments): dynamo cannot trace into that autograd Function (a graph break per call), but it
+# traces around a custom op, as it does around the WKV-6 kernels. Outputs are made contiguous in their inputs' dtypes
+# so the fake (shape-only) versions below describe them exactly. B and C carry mamba-ssm's ngroups axis (= 1).
+
+@torch.library.custom_op("mamba2::ssd_fwd", mutates_args=())
+def _ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
+             dt_bias: torch.Tensor, s0: Optional[torch.Tensor], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    out, _, _, _, _, final = _LIB["fwd"](x, dt, A, B, C, chunk, D=D, z=None, dt_bias=dt_bias, initial_states=s0,
+                                         dt_softplus=True)[:6]
+    return out.to(x.dtype).contiguous(), final.to(_up(x).dtype).contiguous()   # dtypes as the fake's below
+
+
+@_ssd_fwd.register_fake
+def _(x, dt, A, B, C, D, dt_bias, s0, chunk):
+    Bsz, _, H, P = x.shape
+    return x.new_empty(x.shape), x.new_empty((Bsz, H, P, B.shape[-1]), dtype=_up(x).dtype)
+
+
+@torch.library.custom_op("mamba2::ssd_bwd", mutates_args=())
+def _ssd_bwd(dout: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: torch.Tensor, dt_bias: torch.Tensor, s0: Optional[torch.Tensor], dfinal: torch.Tensor,
+             out: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, ddt, dA, dB, dC, dD, _dz, ddt_bias, ds0 = _LIB["bwd"](
+        dout, x, dt, A, B, C, out, chunk, D=D, z=None, dt_bias=dt_bias, initial_states=s0, dfinal_states=dfinal,
+        dt_softplus=True)
+    ds0 = dfinal.new_zeros(dfinal.shape) if ds0 is None else ds0.to(s0.dtype).contiguous()
+    return tuple(g.to(ref.dtype).contiguous() for g, ref in
+                 ((dx, x), (ddt, dt), (dA, A), (dB, B), (dC, C), (dD, D), (ddt_bias, dt_bias))) + (ds0,)
+
+
+@_ssd_bwd.register_fake
+def _(dout, x, dt, A, B, C, D, dt_bias, s0, dfinal, out, chunk):
+    return tuple(t.new_empty(t.shape) for t in (x, dt, A, B, C, D, dt_bias)) + (
+        (dfinal if s0 is None else s0).new_empty(dfinal.shape),)
+
+
+def _ssd_setup(ctx, inputs, output):
+    x, dt, A, B, C, D, dt_bias, s0, chunk = inputs
+    ctx.chunk, ctx.has_s0 = chunk, s0 is not None
+    ctx.save_for_backward(x, dt, A, B, C, D, dt_bias, s0, output[0])
+
+
+def _ssd_backward(ctx, dout, dfinal):
+    x, dt, A, B, C, D, dt_bias, s0, out = ctx.saved_tensors
+    Bsz, _, H, P = x.shape
+    dfinal = (x.new_zeros((Bsz, H, P, B.shape[-1]), dtype=_up(x).dtype) if dfinal is None
+              else dfinal.to(_up(x).dtype).contiguous())
+    dout = torch.zeros_like(out) if dout is None else dout.to(out.dtype).contiguous()
+    *g, ds0 = _ssd_bwd(dout, x, dt, A, B, C, D, dt_bias, s0, dfinal, out, ctx.chunk)
+    return (*g, ds0 if ctx.has_s0 else None, None)
+
+
+_ssd_fwd.register_autograd(_ssd_backward, setup_context=_ssd_setup)
+
+
+def ssd_mamba_ssm(x, dt, A, B, C, D, dt_bias, chunk, initial_state=None):
+    """mamba-ssm's chunked SSD: y = SSD(x, softplus(dt + dt_bias), A, B, C) + D x, and the final state (fp32;
+    float64 stays float64, for the tests' reference checks).
+    x [B,T,H,P]; dt [B,T,H] (raw, before softplus); B, C [B,T,N]; initial_state [B,H,P,N] or None."""
+    s0 = None if initial_state is None else _up(initial_state).contiguous()
+    return _ssd_fwd(x, dt, A, B[:, :, None], C[:, :, None], D, dt_bias, s0, chunk)
 
 
 def resolve_backend(backend, device, compiling=False):
@@ -177,8 +244,11 @@ def resolve_backend(backend, device, compiling=False):
     ops (autograd Functions launching Triton kernels) are graph breaks for dynamo (4 per step in gf_mh_8m), and the
     built-in SSD compiles into the block's graph instead: on an H200, bf16 + CUDA graphs, T=256, 16,384 tokens per
     step, side by side: 494,228 tok/s built-in vs 154,104 tok/s with mamba-ssm
-    (results/2026-12-02_gf_mh_8m_T256_triton_{ssdtorch,mambassm}_h200.json). An explicit 'mamba_ssm' is kept.
-    'mamba_ssm' where it cannot run is an error."""
+    (results/2026-12-02_gf_mh_8m_T256_triton_{ssdtorch,mambassm}_h200.json). That measurement called
+    mamba_chunk_scan_combined itself; its SSD now runs as the custom ops above, which dynamo traces without a break
+    (CPU-tested with a stand-in for the library), but that path is not timed on a GPU yet, so 'auto' stays the
+    built-in SSD under compile. An explicit 'mamba_ssm' is kept (compiled: its SSD ops, the built-in gated norm and
+    conv). 'mamba_ssm' where it cannot run is an error."""
     if backend not in ("auto", "torch", "mamba_ssm"):
         raise ValueError(f"mamba_backend={backend!r}: use auto, torch or mamba_ssm")
     if backend == "torch" or (backend == "auto" and compiling):
@@ -190,16 +260,17 @@ def resolve_backend(backend, device, compiling=False):
     return "mamba_ssm" if lib_ok else "torch"
 
 
-def describe_backend(path, conv="conv1d"):
+def describe_backend(path, conv="conv1d", compiled=False):
     if path == "mamba_ssm":
-        lib_conv = _LIB and _LIB["conv"] is not None
+        lib_conv = _LIB and _LIB["conv"] is not None and not compiled
         used = "causal_conv1d_fn" if lib_conv else "torch conv1d" if conv == "conv1d" else "shift-add conv"
-        return f"mamba_ssm (mamba_chunk_scan_combined + rmsnorm_fn + {used})"
+        norm = "built-in gated norm" if compiled else "rmsnorm_fn"
+        return f"mamba_ssm (its chunked SSD fwd/bwd as custom ops + {norm} + {used})"
     return "torch (built-in chunked SSD)" + ("" if conv == "conv1d" else " + shift-add conv")
 
 
 def _announce(path, conv="conv1d"):
-    what = describe_backend(path, conv)
+    what = describe_backend(path, conv)   # printed in eager mode only (a print inside a trace is a graph break)
     if what not in _PRINTED:
         _PRINTED.add(what)
         print(f"mamba2: using {what}")
@@ -292,7 +363,10 @@ class Mamba2Mixer(nn.Module):
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, H], dim=-1)
         # depthwise causal conv over [window of K-1 past inputs ; this segment]
         xBC = xBC.transpose(1, 2)
-        lib_conv = path == "mamba_ssm" and _LIB["conv"] is not None and state is None
+        # mamba-ssm's gated norm and causal_conv1d_fn are autograd Functions (graph breaks): under torch.compile the
+        # mamba_ssm path takes only its SSD (custom ops) and the built-in norm and conv, which compile into the graph
+        lib_eager = path == "mamba_ssm" and not torch.compiler.is_compiling()
+        lib_conv = lib_eager and _LIB["conv"] is not None and state is None
         if lib_conv:  # the state-free training call; the window is still returned (it is just the last inputs)
             prev = xBC.new_zeros(Bsz, self.conv_dim, K - 1)
             conv = _LIB["conv"](xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
@@ -320,15 +394,13 @@ class Mamba2Mixer(nn.Module):
         s0 = state["ssm"] if state is not None else None
         x = x.reshape(Bsz, T, H, P)
         if path == "mamba_ssm":
-            y, s1 = _LIB["scan"](x, dt, A, Bm[:, :, None], Cm[:, :, None], self.chunk, D=self.D, z=None,
-                                 dt_bias=self.dt_bias, dt_softplus=True,
-                                 initial_states=None if s0 is None else s0.float(), return_final_states=True)
+            y, s1 = ssd_mamba_ssm(x, dt, A, Bm, Cm, self.D, self.dt_bias, self.chunk, s0)
         else:
             dtv = F.softplus(_up(dt) + _up(self.dt_bias))
             y, s1 = ssd_chunked(x, dtv, A, Bm, Cm, self.chunk, s0)
             y = y + self.D.to(y.dtype)[:, None] * x.to(y.dtype)
         y = y.reshape(Bsz, T, self.d_inner)
-        if path == "mamba_ssm":
+        if lib_eager:
             y = _LIB["norm"](y, self.norm.weight, None, z=z, eps=NORM_EPS, group_size=self.d_inner,
                              norm_before_gate=False)
         else:

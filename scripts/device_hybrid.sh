@@ -17,7 +17,8 @@
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
 #   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256), MAMBA_CONVS ("conv1d", or "conv1d shift":
-#   each variant with both depthwise convs, side by side), TLONG ("4096 16384", or none), GEN_TOKENS
+#   each variant with both depthwise convs, side by side), MAMBA_BACKENDS ("auto", or "auto mamba_ssm": also with
+#   mamba-ssm's chunked SSD, traced as custom ops; needs the mamba-ssm wheel on PYTHONPATH), TLONG ("4096 16384", or none), GEN_TOKENS
 #   (128), GEN_REPEATS (3), GEN_GRAPH ("0,1": the hybrid decodes eager and through hybrid.DecodeGraph), GEN_CAP (s,
 #   180: the generation measurement's time limit).
 #   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (100:
@@ -203,14 +204,17 @@ B=("$repo/bench.py" "${tiny[@]}" "${bargs[@]}" --out=parts)
 measure gpt_T$T0 150 $PY "${B[@]}" config/gpt_8m.py --T=$T0 --name=gpt_8m_T$T0
 for v in "${VARIANTS[@]}"; do
   for cv in ${MAMBA_CONVS:-conv1d}; do  # MAMBA_CONVS="conv1d shift": the built-in SSD's two depthwise convs
-    sfx=$([ "$cv" = conv1d ] || echo "_$cv")
+   for mb in ${MAMBA_BACKENDS:-auto}; do  # MAMBA_BACKENDS="auto mamba_ssm": + mamba-ssm's SSD as custom ops
+    sfx=$([ "$cv" = conv1d ] || echo "_$cv")$([ "$mb" = auto ] || echo "_$mb")
+    mbarg=(); [ "$mb" = auto ] || mbarg=(--mamba_backend=$mb)
     measure gf_mh_T${T0}_wkv_$v$sfx 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
-        --mamba_conv=$cv --name=gf_mh_8m_T${T0}_wkv_$v$sfx
+        --mamba_conv=$cv "${mbarg[@]}" --name=gf_mh_8m_T${T0}_wkv_$v$sfx
     rc=$?
     if [ $smoke = 0 ] && [ $rc != 0 ] && [ $rc != 124 ]; then  # a compile error: is it the CUDA graphs?
       measure gf_mh_T${T0}_wkv_$v${sfx}_nograph 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
-          --mamba_conv=$cv --compile_mode=default --name=gf_mh_8m_T${T0}_wkv_$v${sfx}_nograph
+          --mamba_conv=$cv "${mbarg[@]}" --compile_mode=default --name=gf_mh_8m_T${T0}_wkv_$v${sfx}_nograph
     fi
+   done
   done
 done
 # generation: eager (the cache / state grows each step), both models in one process. The GPT's prompt + new tokens
