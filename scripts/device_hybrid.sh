@@ -16,11 +16,11 @@
 #   bash scripts/device_hybrid.sh --smoke [--quality ...] CORPUS OUT_DIR             (CPU, tiny models: tests it)
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
-#   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256), MAMBA_CONVS ("conv1d", or "conv1d shift":
+#   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256; " " = none, only the GPT at T=256), MAMBA_CONVS ("conv1d", or "conv1d shift":
 #   each variant with both depthwise convs, side by side), MAMBA_BACKENDS ("auto", or "auto mamba_ssm": also with
-#   mamba-ssm's chunked SSD, traced as custom ops; needs the mamba-ssm wheel on PYTHONPATH), TLONG ("4096 16384", or none), GEN_TOKENS
-#   (128), GEN_REPEATS (3), GEN_GRAPH ("0,1": the hybrid decodes eager and through hybrid.DecodeGraph), GEN_CAP (s,
-#   180: the generation measurement's time limit).
+#   mamba-ssm's chunked SSD, traced as custom ops; needs the mamba-ssm wheel on PYTHONPATH), TLONG ("4096 16384",
+#   or none), GEN_TOKENS (128), GEN_REPEATS (3), GEN_GRAPH ("0,1": the hybrid decodes eager and through
+#   hybrid.DecodeGraph), GEN_CAP (s, 180: the generation measurement's time limit; 0 = no generation).
 #   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (100:
 #   on the H100 the hybrid's best val came at the first eval of 250 and it overfits after: a finer grid), EVAL_ITERS
 #   (50: the val split is tiled whole either way, 435 windows of 256 < 50 x 64; fewer only shortens the train-loss
@@ -220,6 +220,7 @@ done
 # generation: eager (the cache / state grows each step), both models in one process. The GPT's prompt + new tokens
 # must fit its block_size, so both run with block_size=GEN_BLOCK (RoPE: no position table; the recurrent hybrid has
 # no window at all; fresh weights, speed only). A trained gpt_8m has block 256: its quality at ctx 2048/8192 is n/a
+[ "${GEN_CAP:-180}" = 0 ] ||   # GEN_CAP=0: no generation (e.g. a command for the long-T crossover only)
 measure generate ${GEN_CAP:-180} $PY "$repo/bench.py" "${tiny[@]}" config/gf_mh_8m.py config/gpt_8m.py --what=generate \
     "${gargs[@]}" --block_size=$GEN_BLOCK --out=parts --name=generate
 for T in "${TLONG[@]}"; do
