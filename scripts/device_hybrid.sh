@@ -18,7 +18,8 @@
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
 #   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256; " " = none, only the GPT at T=256), MAMBA_CONVS ("conv1d", or "conv1d shift":
 #   each variant with both depthwise convs, side by side), MAMBA_BACKENDS ("auto", or "auto mamba_ssm": also with
-#   mamba-ssm's chunked SSD, traced as custom ops; needs the mamba-ssm wheel on PYTHONPATH), TLONG ("4096 16384",
+#   mamba-ssm's chunked SSD, traced as custom ops; needs the mamba-ssm wheel on PYTHONPATH), HYBRID_EXTRA (";"-separated
+#   bench.py options, each one more hybrid measurement at T=256, e.g. "--ssd_chunk=32;--ssd_chunk=128"), TLONG ("4096 16384",
 #   or none), GEN_TOKENS (128), GEN_REPEATS (3), GEN_GRAPH ("0,1": the hybrid decodes eager and through
 #   hybrid.DecodeGraph), GEN_CAP (s, 180: the generation measurement's time limit; 0 = no generation).
 #   quality: ITERS (1500; max_iters = lr_decay_iters, the same token budget for every model), EVAL_INTERVAL (100:
@@ -205,8 +206,12 @@ measure gpt_T$T0 150 $PY "${B[@]}" config/gpt_8m.py --T=$T0 --name=gpt_8m_T$T0
 for v in "${VARIANTS[@]}"; do
   for cv in ${MAMBA_CONVS:-conv1d}; do  # MAMBA_CONVS="conv1d shift": the built-in SSD's two depthwise convs
    for mb in ${MAMBA_BACKENDS:-auto}; do  # MAMBA_BACKENDS="auto mamba_ssm": + mamba-ssm's SSD as custom ops
-    sfx=$([ "$cv" = conv1d ] || echo "_$cv")$([ "$mb" = auto ] || echo "_$mb")
+   IFS=';' read -r -a extras <<< "${HYBRID_EXTRA:-}"; [ ${#extras[@]} = 0 ] && extras=("")
+   for ex in "${extras[@]}"; do  # HYBRID_EXTRA="--ssd_chunk=32;--ssd_chunk=128": each a measurement of its own
+    exsfx=$(echo "$ex" | tr -c 'A-Za-z0-9\n' '_' | sed 's/^_*//; s/_*$//')
+    sfx=$([ "$cv" = conv1d ] || echo "_$cv")$([ "$mb" = auto ] || echo "_$mb")${exsfx:+_$exsfx}
     mbarg=(); [ "$mb" = auto ] || mbarg=(--mamba_backend=$mb)
+    [ -n "$ex" ] && read -r -a exargs <<< "$ex" && mbarg+=("${exargs[@]}")
     measure gf_mh_T${T0}_wkv_$v$sfx 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
         --mamba_conv=$cv "${mbarg[@]}" --name=gf_mh_8m_T${T0}_wkv_$v$sfx
     rc=$?
@@ -214,6 +219,7 @@ for v in "${VARIANTS[@]}"; do
       measure gf_mh_T${T0}_wkv_$v${sfx}_nograph 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \
           --mamba_conv=$cv "${mbarg[@]}" --compile_mode=default --name=gf_mh_8m_T${T0}_wkv_$v${sfx}_nograph
     fi
+   done
    done
   done
 done
@@ -273,12 +279,13 @@ def merged(what, docs, extra_notes, summary_extra):
     return doc
 
 train_docs = [d for d in parts.values() if d["what"] == "train"]
-tok = {(r["config"], r["T"], r["backends"].get("wkv"), r["backends"].get("mamba")): r["tok_s_median"]
-       for d in train_docs for r in d["summary"]["rows"]}
-gpt = {T: v for (c, T, _, _), v in tok.items() if c == "gpt_8m"}
-ratios = [dict(T=T, wkv=w, mamba=mb, hybrid_tok_s=v, gpt_tok_s=gpt.get(T), ratio=v / gpt[T] if gpt.get(T) else None)
-          for (c, T, w, mb), v in sorted(tok.items(), key=lambda x: (x[0][1], str(x[0][2]), str(x[0][3])))
-          if c == "gf_mh_8m"]
+# one ratio per hybrid measurement (its name says the variant: WKV backend, conv, Mamba path, extra options)
+meas = [(d["name"], r) for d in train_docs for r in d["summary"]["rows"]]
+gpt = {r["T"]: r["tok_s_median"] for _, r in meas if r["config"] == "gpt_8m"}
+ratios = [dict(T=r["T"], measurement=n, wkv=r["backends"].get("wkv"), mamba=r["backends"].get("mamba"),
+               hybrid_tok_s=r["tok_s_median"], gpt_tok_s=gpt.get(r["T"]),
+               ratio=r["tok_s_median"] / gpt[r["T"]] if gpt.get(r["T"]) else None)
+          for n, r in sorted(meas, key=lambda x: (x[1]["T"], x[0])) if r["config"] == "gf_mh_8m"]
 cross = [r["T"] for r in ratios if r["ratio"] is not None and r["ratio"] >= 1]
 train = merged("train", train_docs, [
     f"hybrid/GPT = ratio of median per-step tok/s at the same T, tokens per step and windows; issue 4 asks >= 0.35 "
@@ -302,7 +309,7 @@ for path, doc in ((train_path, train), (gen_path, gen)):
 for o in outcomes:
     print(f"[hybrid] {o['measurement']:<28} {o['outcome']} ({o['seconds']}s)")
 for r in ratios:
-    print(f"[hybrid] T={r['T']} wkv={r['wkv']} mamba={r['mamba']}: hybrid {r['hybrid_tok_s'] or 0:,.0f} tok/s vs gpt "
+    print(f"[hybrid] {r['measurement']} (wkv={r['wkv']} mamba={r['mamba']}): hybrid {r['hybrid_tok_s'] or 0:,.0f} tok/s vs gpt "
           f"{r['gpt_tok_s'] or 0:,.0f}: ratio {r['ratio'] if r['ratio'] is None else round(r['ratio'], 3)}")
 EOF
 merge_rc=$?

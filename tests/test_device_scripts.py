@@ -74,7 +74,8 @@ def test_device_hybrid_speed_smoke(tmp_path):
     breaks is recorded with its exit code and log tail instead of ending the command."""
     out = tmp_path / "out"
     p = run_script(["scripts/device_hybrid.sh", "--smoke", str(corpus(tmp_path)), str(out)],
-                   env=dict(MAMBA_CONVS="conv1d shift"))   # the hybrid with both depthwise convs, side by side
+                   # the hybrid with both depthwise convs, side by side, and once more with an extra option
+                   env=dict(MAMBA_CONVS="conv1d shift", HYBRID_EXTRA="--ssd_chunk=8"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     files = flat_results(out)
     assert len(files) == 2
@@ -83,15 +84,17 @@ def test_device_hybrid_speed_smoke(tmp_path):
     s = speed["summary"]
     assert speed["what"] == "train" and speed["schema"] == bench.SCHEMA
     assert all(m["outcome"] == "ok" for m in s["measurements"]) and len(s["measurements"]) == 4
-    tok = {(r["config"], r["backends"].get("mamba")): r["tok_s_median"] for r in s["rows"]}
+    tok = {r["measurement"]: r["tok_s_median"] for r in s["rows"]}
+    assert set(tok) == {"gpt_8m_T16", "gf_mh_8m_T16_wkv_torch_ssd_chunk_8", "gf_mh_8m_T16_wkv_torch_shift_ssd_chunk_8"}
     ssd = "torch (built-in chunked SSD)"
-    assert set(tok) == {("gpt_8m", None), ("gf_mh_8m", ssd), ("gf_mh_8m", ssd + " + shift-add conv")}
-    ratios = {r["mamba"]: r for r in s["hybrid_vs_gpt"]}
-    assert set(ratios) == {ssd, ssd + " + shift-add conv"}
-    for mb, r in ratios.items():
-        assert r["T"] == 16 and r["wkv"] == "torch" and r["ratio"] == pytest.approx(tok[("gf_mh_8m", mb)] /
-                                                                                   tok[("gpt_8m", None)])
+    ratios = {r["measurement"]: r for r in s["hybrid_vs_gpt"]}   # one per hybrid measurement, none overwritten
+    assert {n: r["mamba"] for n, r in ratios.items()} == {"gf_mh_8m_T16_wkv_torch_ssd_chunk_8": ssd,
+                                                           "gf_mh_8m_T16_wkv_torch_shift_ssd_chunk_8":
+                                                               ssd + " + shift-add conv"}
+    for n, r in ratios.items():
+        assert r["T"] == 16 and r["wkv"] == "torch" and r["ratio"] == pytest.approx(tok[n] / tok["gpt_8m_T16"])
     assert len(speed["commands"]) == 3 and all(shlex.split(c)[1] == "bench.py" for c in speed["commands"])
+    assert all("--ssd_chunk=8" in c for c in speed["commands"] if "gf_mh_8m" in c)
     paths = {(r["config"], r["path"]) for r in gen["summary"]["rows"]}
     assert paths == {("gf_mh_8m", "recurrent_step"), ("gpt_8m", "kv_cache")} and len(gen["summary"]["rows"]) == 8
     import make_tables
