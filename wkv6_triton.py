@@ -691,9 +691,11 @@ _tri_fwd.register_autograd(_tri_backward, setup_context=_tri_setup)
 class _EagerWKV6(torch.autograd.Function):
     """Eager (not compiling) calls: the same _fwd_impl / _bwd_impl as the custom ops above, without torch.library's
     Python dispatch. Timed per call the small shapes are host-bound: at (32,256,4) an H200 ran the fwd+bwd kernels in
-    0.31 ms of GPU time but the call took 1.22 ms (results/2026-12-02_wkv6_kernels_profile_h200.json); on the CPU
-    with the launches stubbed out the custom-op route costs 0.81 ms of host time per fwd+bwd and this one 0.54 ms
-    (tests/test_wkv6.py checks both give identical outputs and gradients). torch.compile still sees the custom ops."""
+    0.31 ms of GPU time but the call took 1.22 ms (results/2026-12-02_wkv6_kernels_profile_h200.json); on a CPU
+    with the launches stubbed out (wkv6_bench.py --host=1, results/wkv6_host_overhead_cpu.json) the custom-op route
+    costs 0.723 ms of host time per fused fwd+bwd and this one 0.447 ms, against 0.266 ms for an autograd.Function
+    that does nothing (tests/test_wkv6.py checks both routes give identical outputs and gradients). torch.compile
+    still sees the custom ops."""
 
     @staticmethod
     def forward(ctx, r, k, v, w, u, s0):
