@@ -669,6 +669,10 @@ def _tri_setup(ctx, inputs, output):
     if not save:
         raise RuntimeError("wkv6_triton: forward ran without saving states but a backward was requested")
     ctx.save_for_backward(r, k, v, w, u, output[2])
+    # the saved states (output 2) never get a gradient: unmaterialized, autograd would fill a zero tensor of their
+    # size for every backward (1.07 GB at (8,4096,32): 0.23 ms on an H200); _upstream zero-fills only y's and sT's
+    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)
 
 
 def _upstream(r, gy, gsT):

@@ -107,6 +107,23 @@ def test_triton_eager_route_equals_the_custom_op(mode, monkeypatch):
         y, s = wkv6_triton(*(x.float() for x in inputs))
     assert torch.equal(y, eager[0]) and torch.equal(s, eager[1])
     assert not y.requires_grad and y.grad_fn is None
+    # a loss on one output only (the other's gradient is None, zero-filled at its own size), both routes alike, and
+    # neither fills a gradient for the saved per-chunk states [B, H, chunks, N, N] (as large as all else together)
+    from torch.profiler import ProfilerActivity, profile
+    for route in ('0', '1'):
+        monkeypatch.setenv('WKV6_EAGER_CUSTOM_OP', route)
+        xs = [x.float().requires_grad_() for x in inputs]
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            y, s = wkv6_triton(*xs)
+            gy_only = torch.autograd.grad((y * upstream[0].float()).sum(), xs, retain_graph=True)
+            gs_only = torch.autograd.grad((s * upstream[1].float()).sum(), xs)
+        fills = [e.input_shapes for e in prof.events() if e.name in ('aten::zero_', 'aten::zeros', 'aten::fill_')]
+        assert [2, 2, 3, 16, 16] not in [sh[0] for sh in fills if sh], (route, fills)   # T=37: 3 chunks of 16
+        if route == '0':
+            want = gy_only, gs_only
+        else:
+            for a, b in zip(gy_only + gs_only, want[0] + want[1]):
+                assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("intra", ['columns', 'levels'])
@@ -281,3 +298,23 @@ def test_host_overhead_timer_stubs_launches_and_restores_them(tmp_path):
     assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > r["fwd_ms"] for r in rows)
     assert "WKV6_EAGER_CUSTOM_OP" not in os.environ and "WKV6_TRITON_MODE" not in os.environ
     check_against_reference(wkv6_triton.wkv6_triton, 1, 20, 1, 16, 'real', seed=5)
+
+
+@pytest.mark.parametrize("loss_on", ['both', 'y'])
+def test_triton_custom_op_route_compiles_and_matches_eager(loss_on):
+    """What torch.compile traces (the custom ops, with fake shapes) also runs on a CPU under the interpreter: a
+    fullgraph-compiled forward + backward equals the eager route bitwise, with a loss on both outputs or on y only
+    (sT's gradient then None: the unmaterialized-gradient path of the custom op's backward)."""
+    from wkv6_triton import wkv6_triton
+    inputs, upstream = make_inputs(1, 37, 2, 16, 'real', seed=81)
+
+    def f(*xs):
+        y, s = wkv6_triton(*xs)
+        return (y * upstream[0].float()).sum() + ((s * upstream[1].float()).sum() if loss_on == 'both' else 0)
+    xs = [x.float().requires_grad_() for x in inputs]
+    want = torch.autograd.grad(f(*xs), xs)
+    torch._dynamo.reset()
+    got = torch.autograd.grad(torch.compile(f, fullgraph=True)(*xs), xs)
+    torch._dynamo.reset()
+    for n, a, b in zip(NAMES[2:], got, want):
+        assert torch.equal(a, b), n
