@@ -253,15 +253,18 @@ def _cuda_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs, output[1])
 
 
-def _cuda_upstream(r, s0, gy, gsT):
+def _upstream(r, gy, gsT):
+    """A backward's incoming gradients, contiguous in the kernels' dtypes (zeros for an output not used); both the
+    CUDA and the Triton backward take them so."""
+    B, T, H, N = r.shape
     gy = torch.zeros_like(r) if gy is None else gy.to(r.dtype).contiguous()
-    gsT = torch.zeros_like(s0) if gsT is None else gsT.float().contiguous()
+    gsT = r.new_zeros((B, H, N, N), dtype=torch.float32) if gsT is None else gsT.float().contiguous()
     return gy, gsT
 
 
 def _cuda_backward(ctx, gy, gsT):
     r, k, v, w, u, s0, sT = ctx.saved_tensors
-    return _cuda_bwd(r, k, v, w, u, s0, sT, *_cuda_upstream(r, s0, gy, gsT))
+    return _cuda_bwd(r, k, v, w, u, s0, sT, *_upstream(r, gy, gsT))
 
 
 _cuda_fwd.register_autograd(_cuda_backward, setup_context=_cuda_setup)
@@ -281,7 +284,7 @@ class _EagerCUDA(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, gsT):
         r, k, v, w, u, s0, sT = ctx.saved_tensors
-        return tuple(_load_cuda().bwd(_DTYPE_CODE[r.dtype], r, k, v, w, u, s0, sT, *_cuda_upstream(r, s0, gy, gsT)))
+        return tuple(_load_cuda().bwd(_DTYPE_CODE[r.dtype], r, k, v, w, u, s0, sT, *_upstream(r, gy, gsT)))
 
 
 def _eager_route():

@@ -310,7 +310,7 @@ def host_overhead(argv):
             t0 = time.perf_counter()
             fn()
             ts.append(time.perf_counter() - t0)
-        return sorted(ts)[reps // 2] * 1e3
+        return _median(ts) * 1e3
 
     def fwdbwd(op):
         def call():

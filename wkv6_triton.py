@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from wkv6 import _check_inputs, _eager_route, _prep_fast
+from wkv6 import _check_inputs, _eager_route, _prep_fast, _upstream
 
 BT_DEFAULT = 16            # chunk length of the column-loop intra form (and the levels form's default)
 MAX_LEVELS = tl.constexpr(7)   # INTRA=1 unrolls log2(BT) <= 7 levels (chunks of up to 128 tokens)
@@ -673,14 +673,6 @@ def _tri_setup(ctx, inputs, output):
     # size for every backward (1.07 GB at (8,4096,32): 0.23 ms on an H200); _upstream zero-fills only y's and sT's
     ctx.mark_non_differentiable(output[2])
     ctx.set_materialize_grads(False)
-
-
-def _upstream(r, gy, gsT):
-    """The backward's incoming gradients, contiguous in the kernels' dtypes (zeros for an output not used)."""
-    B, T, H, N = r.shape
-    gy = torch.zeros_like(r) if gy is None else gy.to(r.dtype).contiguous()
-    gsT = r.new_zeros((B, H, N, N), dtype=torch.float32) if gsT is None else gsT.float().contiguous()
-    return gy, gsT
 
 
 def _tri_backward(ctx, gy, gsT, _ghbuf):

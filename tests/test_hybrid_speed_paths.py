@@ -269,7 +269,7 @@ def lib_stand_in(monkeypatch):
 
 
 @pytest.mark.parametrize("with_state", [False, True])
-def test_mamba_ssm_ssd_ops_match_the_built_in_ssd_fp64(lib_stand_in, with_state):
+def test_mamba_ssm_ssd_ops_match_the_built_in_ssd_fp64(lib_stand_in, with_state, monkeypatch):
     """The mixer's mamba_ssm path through the custom ops (the library stood in for by its own math) equals the
     built-in SSD in float64: output, final state and every parameter gradient, with and without an initial state.
     Checks the plumbing: which gradient goes to which input, D, dt_bias, the ngroups axis, the state in and out."""
@@ -287,7 +287,7 @@ def test_mamba_ssm_ssd_ops_match_the_built_in_ssd_fp64(lib_stand_in, with_state)
         mx.zero_grad()
         ss = None if st is None else {k: v.clone().requires_grad_() for k, v in st.items()}
         if path == "torch":   # the stand-in resolves everything to mamba_ssm; pin the built-in path directly
-            mamba2.resolve_backend = lambda backend, device, compiling=False: "torch"
+            monkeypatch.setattr(mamba2, "resolve_backend", lambda backend, device, compiling=False: "torch")
         out, s1 = mx(u, ss)
         (out.square().sum() + 0.5 * s1["ssm"].square().sum()).backward()
         res[path] = [out, s1["ssm"]] + [p.grad for p in mx.parameters()] + ([ss["ssm"].grad] if ss else [])
