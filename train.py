@@ -12,6 +12,7 @@ N processes at batch B/N reproduce one process at batch B step for step.
 
 Everything measured goes to out_dir/metrics.jsonl (see metrics.py); checkpoints follow checkpoint.py's schema.
 """
+import gc
 import math
 import os
 import signal
@@ -118,6 +119,12 @@ def stop_all(msg, code):
     if master:
         print(msg, file=sys.stderr if code else sys.stdout)
     if ddp:
+        # gloo aborted ~1 exit in 7 ("terminate called without an active exception") when one rank tore its group
+        # down while the other was still writing its last records: wait for every rank, drop the DDP wrapper (its
+        # reducer holds the group) and only then destroy the group, all before interpreter shutdown
+        dist.barrier()
+        globals().pop("model", None)
+        gc.collect()
         dist.destroy_process_group()
     sys.exit(code)
 
