@@ -219,6 +219,7 @@ def bench(argv):
             rec['error'] = f"{type(e).__name__}: {str(e)[:500]}"
             print(f"{str((B, T, H)):>16} {rec['impl']:>22}: ERROR {rec['error']}", flush=True)
         results.append(rec)
+        save()   # after every measurement: a command cut off by its time limit still leaves what it measured
         del sets, grad_sets
         torch.cuda.empty_cache()
 
