@@ -7,6 +7,8 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
 
     python wkv6_bench.py [--out=DIR] [--deadline_s=S] [--reps=R] [--impls=triton,cuda,...] [--shapes=0,1,...]
                          [--modes=split,fused] [--intras=columns,levels] [--variants=0|1] [--profile=0|1]
+                         [--levels_bts=32,64]
+--levels_bts times the levels form's auto schedule again with longer chunks (WKV6_TRITON_LEVELS_BT), after the rest.
 --profile=1 adds each Triton measurement's per-kernel device times (torch.profiler) and autotuned configs.
 (`python wkv6_triton.py --bench ...` is the same.)
 
@@ -95,6 +97,7 @@ def bench(argv):
     # the default Triton config and CUDA also through the custom ops (what torch.compile traces), side by side with
     # the eager route (plain autograd.Function) every eager call takes: the A/B of the host time per call
     want_op_route = opts.get('op_route', '1') == '1'
+    want_bts = [int(x) for x in opts.get('levels_bts', '').split(',') if x]
     os.makedirs(out_dir, exist_ok=True)
     dev = 'cuda'
     seed = 1234
@@ -271,6 +274,19 @@ def bench(argv):
             one(si, 'triton', wkv6_triton, f'triton-fused[{var}]/levels', mode='fused', intra='levels')
             save()
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
+    for si in (want_shapes if 'triton' in impls else []):
+        B, T, H = BENCH_SHAPES[si]
+        mode = _mode(B, H, T)
+        for bt in want_bts:
+            if time.time() > deadline:
+                break
+            os.environ['WKV6_TRITON_LEVELS_BT'] = str(bt)
+            try:
+                label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
+                    ('triton-fused[%d,%d]' % _blocks(B, H, 64))
+                one(si, 'triton', wkv6_triton, f'{label}/levels/bt{bt}', mode=mode, intra='levels')
+            finally:
+                os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
     path = save()
     print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
     for rcd in results:
