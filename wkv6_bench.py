@@ -77,6 +77,13 @@ def _median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
+def _label(B, H, mode):
+    """A Triton schedule's name in the results: its mode and (BK, BV) blocks at this (B, H), N=64."""
+    if mode == 'split':
+        return 'triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)
+    return 'triton-fused[%d,%d]' % _blocks(B, H, 64)
+
+
 def bench(argv):
     import json
     import platform
@@ -148,6 +155,12 @@ def bench(argv):
     except Exception as e:
         meta['fla'] = f'not importable: {type(e).__name__}: {e}'
     results = []
+
+    def save():
+        path = os.path.join(out_dir, 'wkv6_bench.json')
+        with open(path, 'w') as f:
+            json.dump({'meta': meta, 'results': results}, f, indent=1)
+        return path
 
     def one(shape_i, name, fn, label=None, mode=None, intra=None):
         if mode is not None:   # this measurement's Triton schedule and intra form (restored after it)
@@ -233,12 +246,6 @@ def bench(argv):
         finally:
             os.environ.pop('WKV6_EAGER_CUSTOM_OP', None)
 
-    def save():
-        path = os.path.join(out_dir, 'wkv6_bench.json')
-        with open(path, 'w') as f:
-            json.dump({'meta': meta, 'results': results}, f, indent=1)
-        return path
-
     for si, (B, T, H) in enumerate(BENCH_SHAPES):
         if si not in want_shapes:
             continue
@@ -257,22 +264,18 @@ def bench(argv):
                 for mode in want_modes:
                     if time.time() > deadline:   # checked per measurement: one shape's set can take minutes
                         break
-                    label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
-                        ('triton-fused[%d,%d]' % _blocks(B, H, 64))
-                    label += '' if intra == 'columns' else '/levels'
+                    label = _label(B, H, mode) + ('' if intra == 'columns' else '/levels')
                     auto = _mode(B, H, T) == mode and intra == ('columns', 'levels')[_intra()]
                     one(si, name, fn, label + ('*' if auto else ''),
                         mode=mode, intra=intra)
                     if auto and want_op_route:
                         op_route(lambda: one(si, name, fn, label + '*+op', mode=mode, intra=intra))
-        save()
     for si in (want_shapes if want_variants and 'triton' in impls else []):
         for var in BENCH_VARIANTS.get(si, []):
             if time.time() > deadline:
                 break
             os.environ['WKV6_TRITON_BLOCKS'] = var
             one(si, 'triton', wkv6_triton, f'triton-fused[{var}]/levels', mode='fused', intra='levels')
-            save()
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
     for si in (want_shapes if 'triton' in impls else []):
         B, T, H = BENCH_SHAPES[si]
@@ -282,9 +285,7 @@ def bench(argv):
                 break
             os.environ['WKV6_TRITON_LEVELS_BT'] = str(bt)
             try:
-                label = ('triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)) if mode == 'split' else \
-                    ('triton-fused[%d,%d]' % _blocks(B, H, 64))
-                one(si, 'triton', wkv6_triton, f'{label}/levels/bt{bt}', mode=mode, intra='levels')
+                one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/bt{bt}', mode=mode, intra='levels')
             finally:
                 os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
     path = save()
