@@ -9,7 +9,7 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
                          [--modes=split,fused] [--intras=columns,levels] [--variants=0|1] [--profile=0|1]
                          [--levels_bts=32,64]
 --levels_bts times the levels form's auto schedule again with longer chunks (WKV6_TRITON_LEVELS_BT), after the rest.
---profile=1 adds each Triton measurement's per-kernel device times (torch.profiler) and autotuned configs.
+--profile=1 adds the per-kernel device times (torch.profiler) of each Triton and fla measurement, and the Triton autotuned configs.
 (`python wkv6_triton.py --bench ...` is the same.)
 
     python wkv6_bench.py --host=1 [--out=DIR]      (any machine, no GPU: writes OUT/wkv6_host_overhead.json)
@@ -211,12 +211,12 @@ def bench(argv):
             rec['fwd_median_ms'] = _median(rec['fwd_ms'])
             rec['fwdbwd_median_ms'] = _median(rec['fwdbwd_ms'])
             rec['wall_s'] = time.time() - t0
-            if want_profile and name == 'triton':
+            if want_profile and name in ('triton', 'fla_chunk_rwkv6'):
                 kt = kernel_times(fwdbwd, 5)
                 rec['kernels_fwdbwd'] = [dict(name=k, ms=ms, launches=n) for k, (ms, n) in kt.items()]
-                # which config each autotuned kernel settled on (the last shape it was tuned for is this one)
-                rec['autotuned'] = {k: str(getattr(getattr(T_, k), 'best_config', None)) for k in dir(T_)
-                                    if k.endswith('_kernel') and hasattr(getattr(T_, k), 'best_config')}
+                if name == 'triton':   # which config each autotuned kernel settled on (tuned last on this shape)
+                    rec['autotuned'] = {k: str(getattr(getattr(T_, k), 'best_config', None)) for k in dir(T_)
+                                        if k.endswith('_kernel') and hasattr(getattr(T_, k), 'best_config')}
                 print('      kernels: ' + ', '.join(f"{k[:28]} {ms:.3f} ms x{n:g}" for k, (ms, n) in
                                                     list(kt.items())[:6]), flush=True)
             try:
