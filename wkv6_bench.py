@@ -7,8 +7,10 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
 
     python wkv6_bench.py [--out=DIR] [--deadline_s=S] [--reps=R] [--impls=triton,cuda,...] [--shapes=0,1,...]
                          [--modes=split,fused] [--intras=columns,levels] [--variants=0|1] [--profile=0|1]
-                         [--levels_bts=32,64]
+                         [--levels_bts=32,64] [--tune=NW/NS/MAXNREG,...]
 --levels_bts times the levels form's auto schedule again with longer chunks (WKV6_TRITON_LEVELS_BT), after the rest.
+--tune=8/1/128,16/1/0 times the auto schedule with every autotuned kernel pinned to one (num_warps, num_stages,
+maxnreg; 0 = no register cap) config, after the rest: a register cap lets two 8-warp programs share an SM.
 --profile=1 adds the per-kernel device times (torch.profiler) of each Triton and fla measurement, and the Triton autotuned configs.
 (`python wkv6_triton.py --bench ...` is the same.)
 
@@ -105,6 +107,7 @@ def bench(argv):
     # the eager route (plain autograd.Function) every eager call takes: the A/B of the host time per call
     want_op_route = opts.get('op_route', '1') == '1'
     want_bts = [int(x) for x in opts.get('levels_bts', '').split(',') if x]
+    want_tunes = [x for x in opts.get('tune', '').split(',') if x]   # NW/NS/MAXNREG (0 = no cap), e.g. 8/1/128
     os.makedirs(out_dir, exist_ok=True)
     dev = 'cuda'
     seed = 1234
@@ -246,9 +249,8 @@ def bench(argv):
         finally:
             os.environ.pop('WKV6_EAGER_CUSTOM_OP', None)
 
-    for si, (B, T, H) in enumerate(BENCH_SHAPES):
-        if si not in want_shapes:
-            continue
+    for si in want_shapes:   # in the order given: the first shapes get measured before a deadline
+        B, T, H = BENCH_SHAPES[si]
         for name, fn in impls.items():
             if time.time() > deadline:
                 break
@@ -288,6 +290,26 @@ def bench(argv):
                 one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/bt{bt}', mode=mode, intra='levels')
             finally:
                 os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
+    # --tune: every autotuned kernel pinned to one (num_warps, num_stages, maxnreg) config, the auto schedule,
+    # side by side (the autotuner keeps only its winner; this shows what each config costs, fwd and fwd+bwd)
+    tuners = {k: getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')}
+    for si in (want_shapes if 'triton' in impls else []):
+        B, T, H = BENCH_SHAPES[si]
+        mode = _mode(B, H, T)
+        for tune in want_tunes:
+            if time.time() > deadline:
+                break
+            nw, ns, nreg = (int(x) for x in tune.split('/'))
+            saved = {k: (a.configs, dict(a.cache)) for k, a in tuners.items()}
+            for a in tuners.values():
+                a.configs = [triton.Config({}, num_warps=nw, num_stages=ns, maxnreg=nreg or None)]
+                a.cache.clear()
+            try:
+                one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/w{nw}s{ns}' + (f'r{nreg}' if nreg else ''),
+                    mode=mode, intra='levels')
+            finally:
+                for k, a in tuners.items():
+                    a.configs, a.cache = saved[k][0], saved[k][1]
     path = save()
     print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
     for rcd in results:
