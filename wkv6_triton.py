@@ -42,6 +42,7 @@ targets (on an H100: 0.5 / 1.5 / 4.0) are not met.
 `python wkv6_triton.py --bench [--out=DIR]` (= `python wkv6_bench.py`) times torch-chunked / Triton / CUDA / fla
 (when importable) side by side and writes a results JSON.
 """
+import functools
 import os
 import sys
 
@@ -175,9 +176,10 @@ def _fwd_chunk(cc, NT, b_S, r, k, v, w, y, hbuf, T, y_pstride, i_k, i_bh, base, 
     return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
 
 
-@triton.autotune(configs=_configs([(8, 2), (8, 1), (4, 2), (4, 1)]), key=['N', 'BK', 'BV', 'SAVE', 'PREC', 'INTRA'])
-@triton.jit(do_not_specialize=['T', 'y_pstride'])
-def _wkv6_fwd_kernel(r, k, v, w, u, s0, y, sT, hbuf, T, y_pstride,
+@triton.autotune(configs=_configs([(8, 2), (8, 1), (4, 2), (4, 1)]),
+                 key=['N', 'BK', 'BV', 'SAVE', 'PREC', 'INTRA', 'WAVES'])
+@triton.jit(do_not_specialize=['T', 'y_pstride', 'WAVES'])
+def _wkv6_fwd_kernel(r, k, v, w, u, s0, y, sT, hbuf, T, y_pstride, WAVES,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      BV: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
                      INTRA: tl.constexpr):
@@ -315,9 +317,9 @@ def _bwd_chunk(cc, NT, b_G, b_du, r, k, v, w, hbuf, gy, dr, dk, dv, dw, T, kv_ps
     return b_G, b_du + du_c
 
 
-@triton.autotune(configs=_configs([(8, 1), (4, 1), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
-@triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride'])
-def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_pstride, v_pstride,
+@triton.autotune(configs=_configs([(8, 1), (4, 1), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA', 'WAVES'])
+@triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride', 'WAVES'])
+def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_pstride, v_pstride, WAVES,
                      H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr, INTRA: tl.constexpr):
     i_k = tl.program_id(0)
@@ -509,6 +511,20 @@ def _chunk_len():
     return bt
 
 
+@functools.lru_cache(maxsize=None)
+def _waves(n_prog, device):
+    """Waves an 8-warp fused grid takes, 1 to 3 (3 = three or more): an autotune key only (the kernels ignore it).
+    At 8 warps the fused kernels use 255 registers per thread, so one program fills an SM (ncu on an H200,
+    results/wkv6_ncu_h200_run7_8_4096_32.txt: 'Block Limit Registers 1', 1.94 waves at B*H=256); 4-warp programs
+    fit two per SM. Which wins depends on the grid: 8 warps at (32,256,4) (128 programs), 4 warps at (8,4096,32)
+    (256 programs: 8.47 ms fwd+bwd against 9.54 pinned to 8 warps, side by side in one H200 run,
+    results/2026-12-02_wkv6_kernels_tune_h200.json). Without this key the first shape's winner was reused at every
+    other shape."""
+    if device.type != 'cuda':
+        return 1
+    return min(3, _cdiv(n_prog, torch.cuda.get_device_properties(device).multi_processor_count))
+
+
 def _cdiv(a, b):
     """Host-side ceil division (triton.cdiv is a constexpr function in triton 3.6: ~15 us per host call)."""
     return -(-a // b)
@@ -587,7 +603,8 @@ def _fwd_impl(r, k, v, w, u, s0, save):
             hbuf = s0.new_empty((0,))
     else:
         hbuf = s0.new_empty((B, H, NT, N, N)) if save else s0.new_empty((0,))
-        _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride, H=H, N=N, BT=bt,
+        _wkv6_fwd_kernel[(NK, NV, B * H)](r, k, v, w, u, s0, y, sT, hbuf, T, pstride,
+                                          _waves(NK * NV * B * H, r.device), H=H, N=N, BT=bt,
                                           BK=BK, BV=BV, SAVE=save, PREC=prec, NTI=_nti(T, bt), INTRA=intra)
     if NK > 1:
         y = y.sum(0).to(r.dtype)
@@ -625,6 +642,7 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     else:
         du = r.new_empty((NV, B, H, N), dtype=f32)
         _wkv6_bwd_kernel[(NK, NV, B * H)](r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, kv_ps, v_ps,
+                                          _waves(NK * NV * B * H, r.device),
                                           H=H, N=N, BT=bt, BK=BK, BV=BV, PREC=prec, NTI=_nti(T, bt),
                                           INTRA=intra)
         du = du.sum((0, 1))

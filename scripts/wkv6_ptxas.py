@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import wkv6_triton as W  # noqa: E402
 
 BF16 = {"r", "k", "v", "gy", "y", "dr", "dk", "dv"}           # 16-bit tensors; every other pointer is fp32
-SCALARS = {"T", "y_pstride", "kv_pstride", "v_pstride", "NT"}
+SCALARS = {"T", "y_pstride", "kv_pstride", "v_pstride", "NT", "WAVES"}
 KERNELS = [("fused_fwd", W._wkv6_fwd_kernel, dict(SAVE=True, NTI=0)), ("fused_bwd", W._wkv6_bwd_kernel, dict(NTI=0)),
            ("chunk_fwd", W._out_fwd_kernel, {}), ("chunk_bwd", W._out_bwd_kernel, {})]
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")

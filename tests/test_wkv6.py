@@ -261,6 +261,20 @@ def test_triton_schedule_rule(monkeypatch):
         _chunk_len()
 
 
+def test_fused_autotune_is_keyed_by_grid_waves(monkeypatch):
+    """The fused kernels' best warps count depends on how many waves the grid takes (wkv6_triton._waves): the
+    autotuner must key on it, or the first shape's winner is reused everywhere (8 warps, tuned at (32,256,4), ran
+    (8,4096,32) 1.13x slower than the 4 warps tuned there, H200)."""
+    import types
+    import wkv6_triton as T_
+    assert 'WAVES' in T_._wkv6_fwd_kernel.keys and 'WAVES' in T_._wkv6_bwd_kernel.keys
+    monkeypatch.setattr(torch.cuda, 'get_device_properties', lambda d: types.SimpleNamespace(multi_processor_count=132))
+    waves = T_._waves.__wrapped__
+    cuda = torch.device('cuda', 0)
+    assert [waves(n, cuda) for n in (128, 132, 133, 256, 264, 265, 4096)] == [1, 1, 2, 2, 2, 3, 3]
+    assert waves(4096, torch.device('cpu')) == 1
+
+
 def test_ptxas_report_compiles_the_chunk_kernels_for_sm90():
     """scripts/wkv6_ptxas.py (the README's register / instruction counts) works without a GPU: the chunk-parallel
     forward of each intra form compiles for sm_90 without spills, and the levels form runs less code."""
