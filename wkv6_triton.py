@@ -37,7 +37,10 @@ Design (see wkv6.py for the operator's contract):
 Measured, bf16, N=64, fwd+bwd median ms, on "NVIDIA H200", levels form vs columns form side by side in one run
 (results/wkv6_bench_h200_run2.json, default schedule): (32,256,4) 1.21 vs 1.38, (16,1024,8) 1.78 vs 2.62,
 (8,4096,32) 9.89 vs 15.5; our recurrent CUDA kernel (wkv6.cu) in the same run 1.17 / 4.65 / 26.1. The issue's
-targets (on an H100: 0.5 / 1.5 / 4.0) are not met.
+targets (on an H100: 0.5 / 1.5 / 4.0) are not met. Later on an H200, with the autotune keyed by grid waves (_waves) and
+the gathers of _level_sums: 1.32 / 1.76 / 8.19 ms wall, 0.31 / 1.19 / 7.61 ms GPU time
+(results/2026-12-02_wkv6_kernels_gather_h200.json). fla 0.6.0's chunk_rwkv6, each shape in one process with our
+default of the commit before: 2.37 / 2.46 / 6.84 against 0.93 / 1.39 / 8.59 (results/2026-12-02_wkv6_kernels_fla_h200*.json).
 
 `python wkv6_triton.py --bench [--out=DIR]` (= `python wkv6_bench.py`) times torch-chunked / Triton / CUDA / fla
 (when importable) side by side and writes a results JSON.
