@@ -40,7 +40,8 @@ Measured, bf16, N=64, fwd+bwd median ms, on "NVIDIA H200", levels form vs column
 targets (on an H100: 0.5 / 1.5 / 4.0) are not met. Later on an H200, with the autotune keyed by grid waves (_waves) and
 the gathers of _level_sums: 1.32 / 1.76 / 8.19 ms wall, 0.31 / 1.19 / 7.61 ms GPU time
 (results/2026-12-02_wkv6_kernels_gather_h200.json). fla 0.6.0's chunk_rwkv6, each shape in one process with our
-default of the commit before: 2.37 / 2.46 / 6.84 against 0.93 / 1.39 / 8.59 (results/2026-12-02_wkv6_kernels_fla_h200*.json).
+default of the commit before: 2.37 / 2.46 / 6.84 against 0.93 / 1.39 / 8.59
+(results/2026-12-02_wkv6_kernels_fla_h200*.json).
 
 `python wkv6_triton.py --bench [--out=DIR]` (= `python wkv6_bench.py`) times torch-chunked / Triton / CUDA / fla
 (when importable) side by side and writes a results JSON.
