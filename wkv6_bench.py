@@ -11,7 +11,8 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
 --levels_bts times the levels form's auto schedule again with longer chunks (WKV6_TRITON_LEVELS_BT), after the rest.
 --tune=8/1/128,16/1/0 times the auto schedule with every autotuned kernel pinned to one (num_warps, num_stages,
 maxnreg; 0 = no register cap) config, after the rest: a register cap lets two 8-warp programs share an SM.
---profile=1 adds the per-kernel device times (torch.profiler) of each Triton and fla measurement, and the Triton autotuned configs.
+--profile=1 adds the per-kernel device times (torch.profiler) of each Triton and fla measurement, and the configs
+the Triton autotuner chose.
 (`python wkv6_triton.py --bench ...` is the same.)
 
     python wkv6_bench.py --host=1 [--out=DIR]      (any machine, no GPU: writes OUT/wkv6_host_overhead.json)
@@ -305,8 +306,8 @@ def bench(argv):
                 a.configs = [triton.Config({}, num_warps=nw, num_stages=ns, maxnreg=nreg or None)]
                 a.cache.clear()
             try:
-                one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/w{nw}s{ns}' + (f'r{nreg}' if nreg else ''),
-                    mode=mode, intra='levels')
+                label = f'{_label(B, H, mode)}/levels/w{nw}s{ns}' + (f'r{nreg}' if nreg else '')
+                one(si, 'triton', wkv6_triton, label, mode=mode, intra='levels')
             finally:
                 for k, a in tuners.items():
                     a.configs, a.cache = saved[k][0], saved[k][1]

@@ -523,10 +523,10 @@ def _waves(n_prog, device):
     """Waves an 8-warp fused grid takes, 1 to 3 (3 = three or more): an autotune key only (the kernels ignore it).
     At 8 warps the fused kernels use 255 registers per thread, so one program fills an SM (ncu on an H200,
     results/wkv6_ncu_h200_run7_8_4096_32.txt: 'Block Limit Registers 1', 1.94 waves at B*H=256); 4-warp programs
-    fit two per SM. Which wins depends on the grid: 8 warps at (32,256,4) (128 programs), 4 warps at (8,4096,32)
-    (256 programs: 8.47 ms fwd+bwd against 9.54 pinned to 8 warps, side by side in one H200 run,
-    results/2026-12-02_wkv6_kernels_tune_h200.json). Without this key the first shape's winner was reused at every
-    other shape."""
+    fit two per SM. Which wins depends on the grid: at (8,4096,32) (256 programs) 4 warps, 8.47 ms fwd+bwd against
+    9.54 pinned to 8 warps, side by side in one H200 run (results/2026-12-02_wkv6_kernels_tune_h200.json); at
+    (32,256,4) (128 programs) the two tie on GPU time (0.312 / 0.316 ms, ..._gather_h200.json). Without this key the
+    first shape's winner was reused at every other shape: tuned at (32,256,4), earlier runs ran (8,4096,32) on 8."""
     if device.type != 'cuda':
         return 1
     return min(3, _cdiv(n_prog, torch.cuda.get_device_properties(device).multi_processor_count))
