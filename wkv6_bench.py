@@ -20,6 +20,7 @@ times the host side alone: one Triton fwd+bwd call with every kernel launch repl
 through the eager route and through the custom ops (WKV6_EAGER_CUSTOM_OP=1), next to an autograd.Function that does
 nothing (the floor of any autograd op). Small GPU calls wait on exactly this host work (--profile=1 shows the gap).
 """
+import contextlib
 import os
 import sys
 
@@ -85,6 +86,24 @@ def _label(B, H, mode):
     if mode == 'split':
         return 'triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)
     return 'triton-fused[%d,%d]' % _blocks(B, H, 64)
+
+
+@contextlib.contextmanager
+def pinned_config(tune):
+    """Every autotuned kernel of wkv6_triton pinned to one config, 'NW/NS/MAXNREG' (0 = no register cap), with
+    their tuning caches emptied; both restored on exit (--tune)."""
+    import wkv6_triton as T_
+    nw, ns, nreg = (int(x) for x in tune.split('/'))
+    tuners = [getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')]
+    saved = [(a.configs, dict(a.cache)) for a in tuners]
+    for a in tuners:
+        a.configs = [triton.Config({}, num_warps=nw, num_stages=ns, maxnreg=nreg or None)]
+        a.cache.clear()
+    try:
+        yield f'w{nw}s{ns}' + (f'r{nreg}' if nreg else '')
+    finally:
+        for a, (configs, cache) in zip(tuners, saved):
+            a.configs, a.cache = configs, cache
 
 
 def bench(argv):
@@ -293,24 +312,14 @@ def bench(argv):
                 os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
     # --tune: every autotuned kernel pinned to one (num_warps, num_stages, maxnreg) config, the auto schedule,
     # side by side (the autotuner keeps only its winner; this shows what each config costs, fwd and fwd+bwd)
-    tuners = {k: getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')}
     for si in (want_shapes if 'triton' in impls else []):
         B, T, H = BENCH_SHAPES[si]
         mode = _mode(B, H, T)
         for tune in want_tunes:
             if time.time() > deadline:
                 break
-            nw, ns, nreg = (int(x) for x in tune.split('/'))
-            saved = {k: (a.configs, dict(a.cache)) for k, a in tuners.items()}
-            for a in tuners.values():
-                a.configs = [triton.Config({}, num_warps=nw, num_stages=ns, maxnreg=nreg or None)]
-                a.cache.clear()
-            try:
-                label = f'{_label(B, H, mode)}/levels/w{nw}s{ns}' + (f'r{nreg}' if nreg else '')
-                one(si, 'triton', wkv6_triton, label, mode=mode, intra='levels')
-            finally:
-                for k, a in tuners.items():
-                    a.configs, a.cache = saved[k][0], saved[k][1]
+            with pinned_config(tune) as tag:
+                one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/{tag}', mode=mode, intra='levels')
     path = save()
     print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
     for rcd in results:

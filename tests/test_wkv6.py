@@ -314,6 +314,30 @@ def test_host_overhead_timer_stubs_launches_and_restores_them(tmp_path):
     check_against_reference(wkv6_triton.wkv6_triton, 1, 20, 1, 16, 'real', seed=5)
 
 
+def test_bench_pinned_config_pins_every_tuner_and_restores_it():
+    """wkv6_bench --tune: inside pinned_config every autotuned kernel has exactly the one config asked for and an
+    empty tuning cache (so the pinned config is what runs, not a cached winner); on exit, even after an error, the
+    original config lists and caches are back."""
+    import wkv6_bench
+    import wkv6_triton as T_
+    tuners = {k: getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')}
+    assert {'_wkv6_fwd_kernel', '_wkv6_bwd_kernel', '_out_fwd_kernel', '_scan_bwd_kernel'} <= set(tuners)
+    check_against_reference(T_.wkv6_triton, 1, 20, 1, 16, 'real', seed=6)   # fills the tuning caches
+    before = {k: (list(a.configs), dict(a.cache)) for k, a in tuners.items()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with wkv6_bench.pinned_config('16/2/128') as tag:
+            assert tag == 'w16s2r128'
+            for a in tuners.values():
+                assert len(a.configs) == 1 and not a.cache
+                c = a.configs[0]
+                assert (c.num_warps, c.num_stages, c.maxnreg) == (16, 2, 128)
+            check_against_reference(T_.wkv6_triton, 1, 20, 1, 16, 'real', seed=7)
+            raise RuntimeError("inside")
+    assert {k: (list(a.configs), dict(a.cache)) for k, a in tuners.items()} == before
+    with wkv6_bench.pinned_config('8/1/0') as tag:
+        assert tag == 'w8s1' and all(a.configs[0].maxnreg is None for a in tuners.values())
+
+
 @pytest.mark.parametrize("loss_on", ['both', 'y'])
 def test_triton_custom_op_route_compiles_and_matches_eager(loss_on):
     """What torch.compile traces (the custom ops, with fake shapes) also runs on a CPU under the interpreter: a
