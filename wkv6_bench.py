@@ -88,22 +88,38 @@ def _label(B, H, mode):
     return 'triton-fused[%d,%d]' % _blocks(B, H, 64)
 
 
+def tuners():
+    """wkv6_triton's autotuned kernels by name."""
+    import wkv6_triton as T_
+    return {k: getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')}
+
+
 @contextlib.contextmanager
 def pinned_config(tune):
     """Every autotuned kernel of wkv6_triton pinned to one config, 'NW/NS/MAXNREG' (0 = no register cap), with
-    their tuning caches emptied; both restored on exit (--tune)."""
-    import wkv6_triton as T_
+    their tuning caches emptied; both restored on exit (--tune). Yields the label suffix."""
     nw, ns, nreg = (int(x) for x in tune.split('/'))
-    tuners = [getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')]
-    saved = [(a.configs, dict(a.cache)) for a in tuners]
-    for a in tuners:
+    tuners_ = list(tuners().values())
+    saved = [(a.configs, dict(a.cache)) for a in tuners_]
+    for a in tuners_:
         a.configs = [triton.Config({}, num_warps=nw, num_stages=ns, maxnreg=nreg or None)]
         a.cache.clear()
     try:
         yield f'w{nw}s{ns}' + (f'r{nreg}' if nreg else '')
     finally:
-        for a, (configs, cache) in zip(tuners, saved):
+        for a, (configs, cache) in zip(tuners_, saved):
             a.configs, a.cache = configs, cache
+
+
+@contextlib.contextmanager
+def levels_chunk(bt):
+    """The levels form on bt-token chunks (WKV6_TRITON_LEVELS_BT), restored on exit (--levels_bts). Yields the label
+    suffix."""
+    os.environ['WKV6_TRITON_LEVELS_BT'] = str(bt)
+    try:
+        yield f'bt{bt}'
+    finally:
+        os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
 
 
 def bench(argv):
@@ -112,7 +128,6 @@ def bench(argv):
     import subprocess
     import time
     import wkv6 as W
-    import wkv6_triton as T_
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     out_dir = opts.get('out', 'results')
     deadline = time.time() + float(opts.get('deadline_s', 1e9))
@@ -238,8 +253,8 @@ def bench(argv):
                 kt = kernel_times(fwdbwd, 5)
                 rec['kernels_fwdbwd'] = [dict(name=k, ms=ms, launches=n) for k, (ms, n) in kt.items()]
                 if name == 'triton':   # which config each autotuned kernel settled on (tuned last on this shape)
-                    rec['autotuned'] = {k: str(getattr(getattr(T_, k), 'best_config', None)) for k in dir(T_)
-                                        if k.endswith('_kernel') and hasattr(getattr(T_, k), 'best_config')}
+                    rec['autotuned'] = {k: str(a.best_config) for k, a in tuners().items()
+                                        if hasattr(a, 'best_config')}
                 print('      kernels: ' + ', '.join(f"{k[:28]} {ms:.3f} ms x{n:g}" for k, (ms, n) in
                                                     list(kt.items())[:6]), flush=True)
             try:
@@ -299,27 +314,17 @@ def bench(argv):
             os.environ['WKV6_TRITON_BLOCKS'] = var
             one(si, 'triton', wkv6_triton, f'triton-fused[{var}]/levels', mode='fused', intra='levels')
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
-    for si in (want_shapes if 'triton' in impls else []):
-        B, T, H = BENCH_SHAPES[si]
-        mode = _mode(B, H, T)
-        for bt in want_bts:
-            if time.time() > deadline:
-                break
-            os.environ['WKV6_TRITON_LEVELS_BT'] = str(bt)
-            try:
-                one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/bt{bt}', mode=mode, intra='levels')
-            finally:
-                os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
-    # --tune: every autotuned kernel pinned to one (num_warps, num_stages, maxnreg) config, the auto schedule,
-    # side by side (the autotuner keeps only its winner; this shows what each config costs, fwd and fwd+bwd)
-    for si in (want_shapes if 'triton' in impls else []):
-        B, T, H = BENCH_SHAPES[si]
-        mode = _mode(B, H, T)
-        for tune in want_tunes:
-            if time.time() > deadline:
-                break
-            with pinned_config(tune) as tag:
-                one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/{tag}', mode=mode, intra='levels')
+    # the auto schedule again, levels form, once per --levels_bts chunk length, then once per --tune config (every
+    # autotuned kernel pinned to it: the autotuner keeps only its winner; this shows what each config costs)
+    for reruns in ([(levels_chunk, bt) for bt in want_bts], [(pinned_config, t) for t in want_tunes]):
+        for si in (want_shapes if 'triton' in impls else []):
+            B, T, H = BENCH_SHAPES[si]
+            mode = _mode(B, H, T)
+            for setting, arg in reruns:
+                if time.time() > deadline:
+                    break
+                with setting(arg) as tag:
+                    one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/{tag}', mode=mode, intra='levels')
     path = save()
     print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
     for rcd in results:

@@ -313,7 +313,8 @@ def render(results_dir):
             rows = d["summary"].get("rows", [])
             keys = [k for k in (rows[0] if rows else {}) if not isinstance(rows[0][k], (dict, list))]
             chunks.append(table(keys + ["device", "results"],
-                                [[sig(r[k]) if isinstance(r[k], (int, float)) or r[k] is None else cell(r[k]) for k in keys] +
+                                [[sig(r[k]) if r[k] is None or isinstance(r[k], (int, float)) else cell(r[k])
+                                  for k in keys] +
                                  [d["summary"]["device_name"], link(rel)] for r in rows]))
         parts.append("### Kernels (bench.py --what=kernel)\n\n" + "\n\n".join(chunks))
     gates = by("gates")

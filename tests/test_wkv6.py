@@ -320,7 +320,7 @@ def test_bench_pinned_config_pins_every_tuner_and_restores_it():
     original config lists and caches are back."""
     import wkv6_bench
     import wkv6_triton as T_
-    tuners = {k: getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')}
+    tuners = wkv6_bench.tuners()
     assert {'_wkv6_fwd_kernel', '_wkv6_bwd_kernel', '_out_fwd_kernel', '_scan_bwd_kernel'} <= set(tuners)
     check_against_reference(T_.wkv6_triton, 1, 20, 1, 16, 'real', seed=6)   # fills the tuning caches
     before = {k: (list(a.configs), dict(a.cache)) for k, a in tuners.items()}
