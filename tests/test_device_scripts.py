@@ -209,3 +209,14 @@ def test_ddp_eval_detects_a_mismatch_and_wrong_batches(tmp_path):
     assert s["scaling_efficiency"] == pytest.approx(0.9) and s["strong_speedup"] == pytest.approx(2.0)
     with pytest.raises(SystemExit, match="batch_size = 2 x the per-rank"):
         ddp_eval.main([f"--same_batch={path}#bad", *args])
+
+
+def test_device_hybrid_no_generation_writes_no_generate_file(tmp_path):
+    """GEN_CAP=0 asks for no generation: the command returns the train file only, not a 'failed' generate file that
+    would read as a broken measurement."""
+    out = tmp_path / "out"
+    p = run_script(["scripts/device_hybrid.sh", "--smoke", str(corpus(tmp_path)), str(out)], env=dict(GEN_CAP="0"))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    files = flat_results(out)
+    assert len(files) == 1 and files[0].endswith("_hybrid_smoke_speed.json")
+    assert json.load(open(out / files[0]))["what"] == "train"
