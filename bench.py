@@ -755,7 +755,8 @@ def run_kernel(opts, rest, argv):
     rows = [dict(shape="x".join(map(str, r["shape"])), impl=r["impl"], fwd_ms=r.get("fwd_median_ms"),
                  fwdbwd_ms=r.get("fwdbwd_median_ms"), floor_fwd_ms=r.get("io_floor_fwd_ms"),
                  floor_fwdbwd_ms=r.get("io_floor_fwdbwd_ms"), y_rel_vs_cuda=r.get("y_rel_vs_cuda"),
-                 device_fwdbwd_ms=_device_ms(r), error=r.get("error", "")) for r in results]
+                 device_fwdbwd_ms=_device_ms(r), host_fwdbwd_ms=r.get("fwdbwd_host_median_ms"),
+                 error=r.get("error", "")) for r in results]
     here = provenance("cpu")
     git = {"sha": meta.get("git_sha"), "dirty": meta.get("git_dirty"), "source_digest": meta.get("source_digest")} \
         if source else here["git"]

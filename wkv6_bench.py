@@ -7,7 +7,9 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
 
     python wkv6_bench.py [--out=DIR] [--deadline_s=S] [--reps=R] [--impls=triton,cuda,...] [--shapes=0,1,...]
                          [--modes=split,fused] [--intras=columns,levels] [--variants=0|1] [--profile=0|1]
-                         [--levels_bts=32,64] [--tune=NW/NS/MAXNREG,...]
+                         [--levels_bts=32,64] [--tune=NW/NS/MAXNREG,...] [--host_profile=0|1]
+Every row also has fwdbwd_host_median_ms: the host side of a fwd+bwd call alone (no sync inside); near fwdbwd_ms,
+the call waits on the host. --host_profile=1 adds where that host time goes (cProfile, Triton and CUDA rows).
 --levels_bts times the levels form's auto schedule again with longer chunks (WKV6_TRITON_LEVELS_BT), after the rest.
 --tune=8/1/128,16/1/0 times the auto schedule with every autotuned kernel pinned to one (num_warps, num_stages,
 maxnreg; 0 = no register cap) config, after the rest: a register cap lets two 8-warp programs share an SM.
@@ -51,6 +53,41 @@ def _time_ms(fn, reps, warmup=3):
         b.synchronize()
         out.append(a.elapsed_time(b))
     return out
+
+
+def _host_ms(fn, reps, sync=None):
+    """Host time per call (ms): perf_counter around each call with no sync inside it. Launches are asynchronous, so a
+    call whose host time is about its CUDA-event time keeps the GPU waiting for the host (the launch queue does not
+    fill at these rep counts); far below it, the GPU is the bound. `sync` (torch.cuda.synchronize on CUDA) runs
+    before and after the loop, never inside it."""
+    import time
+    sync = sync or torch.cuda.synchronize
+    sync()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    sync()
+    return out
+
+
+def host_profile(fn, reps, top=25):
+    """Where one call's host time goes: cProfile over `reps` calls (after one unprofiled call), the `top` functions by
+    own time, each as ms per call (own and cumulative) and calls per call. Python-level only: time inside the CUDA
+    driver shows under the Python function that called it (e.g. triton's launcher)."""
+    import cProfile
+    import pstats
+    fn()
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(reps):
+        fn()
+    pr.disable()
+    st = pstats.Stats(pr)
+    rows = [dict(func=f"{os.path.basename(f)}:{ln}({name})", calls=nc / reps, own_ms=tt / reps * 1e3,
+                 cum_ms=ct / reps * 1e3) for (f, ln, name), (cc, nc, tt, ct, _) in st.stats.items()]
+    return sorted(rows, key=lambda r: -r['own_ms'])[:top]
 
 
 def kernel_times(fn, reps, device_type='cuda'):
@@ -138,6 +175,7 @@ def bench(argv):
     want_intras = opts.get('intras', 'columns,levels').split(',')   # and forms of the intra-chunk pairs (_intra)
     want_variants = opts.get('variants', '1') == '1'
     want_profile = opts.get('profile', '0') == '1'   # per-kernel device time of each Triton fwd+bwd (kernel_times)
+    want_host_profile = opts.get('host_profile', '0') == '1'   # cProfile of the Triton/CUDA fwd+bwd (host_profile)
     # the default Triton config and CUDA also through the custom ops (what torch.compile traces), side by side with
     # the eager route (plain autograd.Function) every eager call takes: the A/B of the host time per call
     want_op_route = opts.get('op_route', '1') == '1'
@@ -161,7 +199,8 @@ def bench(argv):
         'device': torch.cuda.get_device_name(), 'driver': sh('nvidia-smi --query-gpu=driver_version --format=csv,noheader'),
         'torch': torch.__version__, 'triton': triton.__version__, 'python': platform.python_version(),
         'cuda_runtime': torch.version.cuda, 'seed': seed, 'reps': reps, 'N': 64, 'dtype': 'bf16',
-        'timing': 'CUDA events around each call, 3 warm-up calls excluded; medians of per-repeat ms',
+        'timing': 'CUDA events around each call, 3 warm-up calls excluded; medians of per-repeat ms; '
+                  '*_host_median_ms: perf_counter around each call, no sync inside (the host side alone)',
         'routes': "eager calls run through plain autograd.Functions (wkv6_triton._EagerWKV6, wkv6._EagerCUDA); "
                   "'+op' = the same kernels through the torch.library custom ops torch.compile traces "
                   "(WKV6_EAGER_CUSTOM_OP=1), timed next to it",
@@ -248,6 +287,7 @@ def bench(argv):
             rec['fwdbwd_ms'] = _time_ms(fwdbwd, reps)
             rec['fwd_median_ms'] = _median(rec['fwd_ms'])
             rec['fwdbwd_median_ms'] = _median(rec['fwdbwd_ms'])
+            rec['fwdbwd_host_median_ms'] = _median(_host_ms(fwdbwd, reps))
             rec['wall_s'] = time.time() - t0
             if want_profile and name in ('triton', 'fla_chunk_rwkv6'):
                 kt = kernel_times(fwdbwd, 5)
@@ -257,6 +297,10 @@ def bench(argv):
                                         if hasattr(a, 'best_config')}
                 print('      kernels: ' + ', '.join(f"{k[:28]} {ms:.3f} ms x{n:g}" for k, (ms, n) in
                                                     list(kt.items())[:6]), flush=True)
+            if want_host_profile and name in ('triton', 'cuda'):
+                rec['host_profile_fwdbwd'] = host_profile(fwdbwd, reps)
+                print('      host: ' + ', '.join(f"{h['func'][:40]} {h['own_ms']:.3f}" for h in
+                                                 rec['host_profile_fwdbwd'][:5]), flush=True)
             try:
                 with torch.no_grad():   # sanity: same answer as the CUDA kernel on these inputs
                     ya, sa = fn(*sets[0])
@@ -267,7 +311,7 @@ def bench(argv):
                 rec['y_rel_vs_cuda'] = float('nan')
                 rec['compare_error'] = f"{type(e).__name__}: {str(e)[:200]}"
             print(f"{str((B, T, H)):>16} {rec['impl']:>22}: fwd {rec['fwd_median_ms']:8.3f} ms   fwd+bwd "
-                  f"{rec['fwdbwd_median_ms']:8.3f} ms   (floor {rec['io_floor_fwd_ms']:.3f} / {rec['io_floor_fwdbwd_ms']:.3f})"
+                  f"{rec['fwdbwd_median_ms']:8.3f} ms (host {rec['fwdbwd_host_median_ms']:.3f})   (floor {rec['io_floor_fwd_ms']:.3f} / {rec['io_floor_fwdbwd_ms']:.3f})"
                   f"  y_rel_vs_cuda {rec['y_rel_vs_cuda']:.1e}", flush=True)
         except Exception as e:
             rec['error'] = f"{type(e).__name__}: {str(e)[:500]}"

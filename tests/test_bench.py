@@ -273,7 +273,8 @@ def test_kernel_mode_converts_the_kernel_timer_output(tmp_path, monkeypatch):
         meta = dict(device=H100, driver="550.54", torch="2.5.1", triton="3.1.0", python="3.12.1", cuda_runtime="12.4",
                     seed=1234, reps=20, N=64, dtype="bf16", timing="CUDA events", copy_bandwidth_GBps=3000.5, fla="n/a")
         res = [dict(shape=[8, 4096, 32, 64], impl="triton[64,64]", fwd_ms=[1.0, 1.25, 1.5], fwd_median_ms=1.25,
-                    fwdbwd_ms=[4.0, 4.5], fwdbwd_median_ms=4.25, io_floor_fwd_ms=0.5, io_floor_fwdbwd_ms=1.5,
+                    fwdbwd_ms=[4.0, 4.5], fwdbwd_median_ms=4.25, fwdbwd_host_median_ms=0.75, io_floor_fwd_ms=0.5,
+                    io_floor_fwdbwd_ms=1.5,
                     y_rel_vs_cuda=1e-3, kernels_fwdbwd=[dict(name="_wkv6_bwd_kernel", ms=2.5, launches=1.0),
                                                         dict(name="_wkv6_fwd_kernel", ms=1.0, launches=1.0)]),
                dict(shape=[8, 4096, 32, 64], impl="cuda", fwd_ms=[1.0], fwd_median_ms=1.0, fwdbwd_ms=[5.0],
@@ -289,10 +290,10 @@ def test_kernel_mode_converts_the_kernel_timer_output(tmp_path, monkeypatch):
     # device_fwdbwd_ms: the profiled kernels' device time per call, summed (only rows with a profile have one)
     assert doc["summary"]["rows"] == [dict(shape="8x4096x32x64", impl="triton[64,64]", fwd_ms=1.25, fwdbwd_ms=4.25,
                                            floor_fwd_ms=0.5, floor_fwdbwd_ms=1.5, y_rel_vs_cuda=1e-3,
-                                           device_fwdbwd_ms=3.5, error=""),
+                                           device_fwdbwd_ms=3.5, host_fwdbwd_ms=0.75, error=""),
                                       dict(shape="8x4096x32x64", impl="cuda", fwd_ms=1.0, fwdbwd_ms=5.0,
                                            floor_fwd_ms=0.5, floor_fwdbwd_ms=1.5, y_rel_vs_cuda=0.0,
-                                           device_fwdbwd_ms=None, error="")]
+                                           device_fwdbwd_ms=None, host_fwdbwd_ms=None, error="")]
 
 
 def test_device_spine_smoke(tmp_path, monkeypatch):

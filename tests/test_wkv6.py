@@ -314,6 +314,31 @@ def test_host_overhead_timer_stubs_launches_and_restores_them(tmp_path):
     check_against_reference(wkv6_triton.wkv6_triton, 1, 20, 1, 16, 'real', seed=5)
 
 
+def test_bench_host_timers_see_the_host_work_of_a_call():
+    """wkv6_bench's host-side timers on a test double whose host work is known: a call that sleeps 2 ms in a named
+    Python function. _host_ms sees >= 2 ms per call and syncs only around the loop (never inside it); host_profile
+    puts the sleep first by own time, and that function at one call per call with >= 2 ms cumulative each."""
+    import time
+    import wkv6_bench
+    syncs = []
+
+    def slow_host_part():
+        time.sleep(0.002)
+
+    calls = []
+
+    def fn():
+        calls.append(len(syncs))
+        slow_host_part()
+    ms = wkv6_bench._host_ms(fn, 5, sync=lambda: syncs.append(1))
+    assert len(ms) == 5 and min(ms) >= 2.0
+    assert syncs == [1, 1] and calls == [1] * 5       # one sync before the loop, one after, none between calls
+    rows = wkv6_bench.host_profile(fn, 4, top=3)
+    assert len(rows) == 3 and 'time.sleep' in rows[0]['func'] and rows[0]['own_ms'] >= 2.0   # largest own time first
+    (mine,) = [r for r in wkv6_bench.host_profile(fn, 4, top=50) if r['func'].endswith('(slow_host_part)')]
+    assert mine['calls'] == 1.0 and mine['cum_ms'] >= 2.0
+
+
 def test_bench_pinned_config_pins_every_tuner_and_restores_it():
     """wkv6_bench --tune: inside pinned_config every autotuned kernel has exactly the one config asked for and an
     empty tuning cache (so the pinned config is what runs, not a cached winner); on exit, even after an error, the
