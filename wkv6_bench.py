@@ -381,7 +381,6 @@ def host_overhead(argv):
     """Host time of one wkv6_triton call with the launches stubbed (see the module docstring); medians of `reps`."""
     import json
     import platform
-    import time
     import wkv6_triton as T_
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     out_dir, reps = opts.get('out', 'results'), int(opts.get('reps', 500))
@@ -404,12 +403,7 @@ def host_overhead(argv):
     def median_ms(fn):
         for _ in range(20):
             fn()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return _median(ts) * 1e3
+        return _median(_host_ms(fn, reps, sync=lambda: None))   # CPU tensors: nothing to sync
 
     def fwdbwd(op):
         def call():

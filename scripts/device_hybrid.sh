@@ -300,9 +300,9 @@ gen = merged("generate", [d for d in parts.values() if d["what"] == "generate"],
     "fresh weights, speed only). The trained gpt_8m has block_size 256: its quality at longer contexts is n/a",
     "hybrid rows: prefill = the parallel forward returning the recurrent state, decode = step(), O(1) per token"],
     dict(gpt_block_size_used=int(gen_block), gpt_trained_block_size=256))
-asked = {"train": True, "generate": any(s[0] == "generate" for s in status)}  # GEN_CAP=0: no generate file
-for what, path, doc in (("train", train_path, train), ("generate", gen_path, gen)):
-    if doc is None and not asked[what]:
+gen_asked = any(s[0] == "generate" for s in status)  # GEN_CAP=0: no generation, so no generate file
+for path, doc in ((train_path, train), (gen_path, gen)):
+    if doc is None and path == gen_path and not gen_asked:
         continue
     if doc is None:
         doc = dict(what="failed", command=cmd, summary=dict(measurements=outcomes))  # no "schema": not a table source
