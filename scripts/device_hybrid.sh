@@ -230,8 +230,9 @@ done
 measure generate ${GEN_CAP:-180} $PY "$repo/bench.py" "${tiny[@]}" config/gf_mh_8m.py config/gpt_8m.py --what=generate \
     "${gargs[@]}" --block_size=$GEN_BLOCK --out=parts --name=generate
 for T in "${TLONG[@]}"; do
+  # the hybrid at 210 s like at T=256: there its compile + autotuning took 164 s of an H200 run (run3)
   measure gpt_T$T 120 $PY "${B[@]}" config/gpt_8m.py --T=$T --name=gpt_8m_T$T
-  measure gf_mh_T$T 150 $PY "${B[@]}" config/gf_mh_8m.py --T=$T --wkv_backend=$LONG_WKV --name=gf_mh_8m_T$T
+  measure gf_mh_T$T 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T --wkv_backend=$LONG_WKV --name=gf_mh_8m_T$T
 done
 
 # merge the parts into one train and one generate results file (bench.py's format, so make_tables reads them)
