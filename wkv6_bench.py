@@ -7,10 +7,13 @@ chunk_rwkv6 when importable, and writes OUT/wkv6_bench.json (convert with `pytho
 
     python wkv6_bench.py [--out=DIR] [--deadline_s=S] [--reps=R] [--impls=triton,cuda,...] [--shapes=0,1,...]
                          [--modes=split,fused] [--intras=columns,levels] [--variants=0|1] [--profile=0|1]
-                         [--levels_bts=32,64] [--tune=NW/NS/MAXNREG,...] [--host_profile=0|1]
+                         [--levels_bts=32,64] [--scan_groups=0,16,...] [--tune=NW/NS/MAXNREG,...]
+                         [--host_profile=0|1]
 Every row also has fwdbwd_host_median_ms: the host side of a fwd+bwd call alone (no sync inside); near fwdbwd_ms,
 the call waits on the host. --host_profile=1 adds where that host time goes (cProfile, Triton and CUDA rows).
---levels_bts times the levels form's auto schedule again with longer chunks (WKV6_TRITON_LEVELS_BT), after the rest.
+--levels_bts times the levels form's auto schedule again with longer chunks (WKV6_TRITON_LEVELS_BT), after the rest;
+--scan_groups the same with the split schedule's state scans in groups of G chunks (WKV6_TRITON_SCAN_GROUP; 0 = one
+sequential pass), at the shapes where auto runs split.
 --tune=8/1/128,16/1/0 times the auto schedule with every autotuned kernel pinned to one (num_warps, num_stages,
 maxnreg; 0 = no register cap) config, after the rest: a register cap lets two 8-warp programs share an SM.
 --profile=1 adds the per-kernel device times (torch.profiler) of each Triton and fla measurement, and the configs
@@ -30,10 +33,12 @@ import torch
 import triton
 
 from metrics import source_digest
-from wkv6_triton import _blocks, _intra, _mode, _scan_blocks, wkv6_triton
+from wkv6_triton import _blocks, _cdiv, _chunk_len, _intra, _mode, _scan_blocks, _scan_group, wkv6_triton
 
 # (B, T, H), N=64, bf16: the kernels issue's four shapes, then gf_mh_8m's training call (16,384 tokens, 3 heads)
-BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4), (64, 256, 3)]
+# (indices 5-7, on request with --shapes: its calls at T=4096 / 8192 / 16384, same tokens per step)
+BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4), (64, 256, 3),
+                (4, 4096, 3), (2, 8192, 3), (1, 16384, 3)]
 # extra Triton (BK, BV) splits tried per shape after the defaults, while time remains
 BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64'], 3: ['16,16', '32,16'],
                   4: ['64,32']}
@@ -118,10 +123,12 @@ def _median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
-def _label(B, H, mode):
-    """A Triton schedule's name in the results: its mode and (BK, BV) blocks at this (B, H), N=64."""
+def _label(B, H, mode, T):
+    """A Triton schedule's name in the results: its mode and (BK, BV) blocks at this (B, H), N=64; a split schedule
+    whose state scans run in groups of G chunks (_scan_group) says ' gG'."""
     if mode == 'split':
-        return 'triton-split[scan %d,%d]' % _scan_blocks(B, H, 64)
+        G = _scan_group(_cdiv(T, _chunk_len()))
+        return 'triton-split[scan %d,%d%s]' % (*_scan_blocks(B, H, 64), f' g{G}' if G else '')
     return 'triton-fused[%d,%d]' % _blocks(B, H, 64)
 
 
@@ -159,6 +166,17 @@ def levels_chunk(bt):
         os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
 
 
+@contextlib.contextmanager
+def scan_group(g):
+    """The split schedule's state scans in groups of g chunks (WKV6_TRITON_SCAN_GROUP), restored on exit
+    (--scan_groups). Yields the label suffix."""
+    os.environ['WKV6_TRITON_SCAN_GROUP'] = str(g)
+    try:
+        yield f'g{g}'
+    finally:
+        os.environ.pop('WKV6_TRITON_SCAN_GROUP', None)
+
+
 def bench(argv):
     import json
     import platform
@@ -180,6 +198,7 @@ def bench(argv):
     # the eager route (plain autograd.Function) every eager call takes: the A/B of the host time per call
     want_op_route = opts.get('op_route', '1') == '1'
     want_bts = [int(x) for x in opts.get('levels_bts', '').split(',') if x]
+    want_groups = [int(x) for x in opts.get('scan_groups', '').split(',') if x]
     want_tunes = [x for x in opts.get('tune', '').split(',') if x]   # NW/NS/MAXNREG (0 = no cap), e.g. 8/1/128
     os.makedirs(out_dir, exist_ok=True)
     dev = 'cuda'
@@ -345,7 +364,7 @@ def bench(argv):
                 for mode in want_modes:
                     if time.time() > deadline:   # checked per measurement: one shape's set can take minutes
                         break
-                    label = _label(B, H, mode) + ('' if intra == 'columns' else '/levels')
+                    label = _label(B, H, mode, T) + ('' if intra == 'columns' else '/levels')
                     auto = _mode(B, H, T) == mode and intra == ('columns', 'levels')[_intra()]
                     one(si, name, fn, label + ('*' if auto else ''),
                         mode=mode, intra=intra)
@@ -358,17 +377,20 @@ def bench(argv):
             os.environ['WKV6_TRITON_BLOCKS'] = var
             one(si, 'triton', wkv6_triton, f'triton-fused[{var}]/levels', mode='fused', intra='levels')
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
-    # the auto schedule again, levels form, once per --levels_bts chunk length, then once per --tune config (every
-    # autotuned kernel pinned to it: the autotuner keeps only its winner; this shows what each config costs)
-    for reruns in ([(levels_chunk, bt) for bt in want_bts], [(pinned_config, t) for t in want_tunes]):
+    # the auto schedule again, levels form, once per --levels_bts chunk length, per --scan_groups group (split
+    # shapes only), then once per --tune config (every autotuned kernel pinned to it: the autotuner keeps only its
+    # winner; this shows what each config costs)
+    for reruns in ([(levels_chunk, bt) for bt in want_bts], [(scan_group, g) for g in want_groups],
+                   [(pinned_config, t) for t in want_tunes]):
         for si in (want_shapes if 'triton' in impls else []):
             B, T, H = BENCH_SHAPES[si]
             mode = _mode(B, H, T)
             for setting, arg in reruns:
-                if time.time() > deadline:
+                if time.time() > deadline or (setting is scan_group and mode != 'split'):
                     break
                 with setting(arg) as tag:
-                    one(si, 'triton', wkv6_triton, f'{_label(B, H, mode)}/levels/{tag}', mode=mode, intra='levels')
+                    one(si, 'triton', wkv6_triton, f'{_label(B, H, mode, T)}/levels/{tag}', mode=mode,
+                        intra='levels')
     path = save()
     print("\nsummary (median ms, fwd / fwd+bwd) on", meta['device'])
     for rcd in results:

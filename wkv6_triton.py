@@ -366,10 +366,12 @@ def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, k
 def _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    PREC: tl.constexpr):
+    """Store S (chunk cc's start state) and return the state after chunk cc, with the chunk's total log-decay.
+    A chunk past the end (cc >= NT, a group's tail) stores nothing and leaves S as it is (its w loads as 0)."""
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S)
+    tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S, mask=cc < NT)
     ot = cc * BT + o_t
     mt = ot < T
     row = base + ot * (H * N)
@@ -379,31 +381,89 @@ def _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
     gi = tl.cumsum(b_w, axis=0)
     glast = tl.sum(b_w, axis=0)
     b_kd = b_k * tl.exp(glast[None, :] - gi)
-    return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC), glast
 
 
-@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC'])
-@triton.jit(do_not_specialize=['T'])
-def _scan_fwd_kernel(k, v, w, s0, sT, hbuf, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
-                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
-    i_k = tl.program_id(0)
-    i_v = tl.program_id(1)
+# The state scans come in two shapes (G, a constexpr: see _scan_group). G=0: one program per (tile, b*h) walks all
+# NT chunks, so the sequential depth is NT (1024 steps at T=16384: ~80% of the split forward+backward at B*H=4 on an
+# H200, results/2026-12-03_wkv6_kernels_profile_h200.json). G>0, three launches, depth G + NT/G:
+#   1. group-local scans, parallel over groups of G chunks: each starts from 0 (the first group from s0), stores its
+#      chunks' local states, the decay from its start to each chunk start (acc, [B*H, NT, N]; exponent <= 0), its
+#      local end state (gend) and its total decay (gdec);
+#   2. _scan_carry: one pass over the groups, carry[g+1] = gend[g] + exp(gdec[g]) * carry[g], carry[0] = 0; the
+#      value after the last group is the final state (the scan's output sT / dS0);
+#   3. _scan_fix, parallel over chunks: state[c] += exp(acc[c]) * carry[group of c].
+# The backward's dS scan is the same linear recurrence run from the end, so steps 2 and 3 are shared.
+@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'G'])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _scan_fwd_kernel(k, v, w, s0, sT, hbuf, acc, gend, gdec, T, NT, H: tl.constexpr, N: tl.constexpr,
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
+                     G: tl.constexpr):
+    i_k = tl.program_id(0) // (N // BV)
+    i_v = tl.program_id(0) % (N // BV)
+    i_g = tl.program_id(1)
     i_bh = tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     base = ((i_bh // H) * T * H + i_bh % H) * N
     st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
     b_S = tl.load(s0 + st_off)
-    if NTI > 0:   # interpreter: Python-int trip count (see _nti)
-        for c in range(0, NTI):
-            b_S = _scan_fwd_step(tl.cast(c, tl.int64), NTI, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                                 H, N, BT, BK, BV, PREC)
+    if G == 0:
+        if NTI > 0:   # interpreter: Python-int trip count (see _nti)
+            for c in range(0, NTI):
+                b_S, _ = _scan_fwd_step(tl.cast(c, tl.int64), NTI, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
+                                        H, N, BT, BK, BV, PREC)
+        else:
+            for c in range(0, tl.cdiv(T, BT)):
+                b_S, _ = _scan_fwd_step(tl.cast(c, tl.int64), NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
+                                        H, N, BT, BK, BV, PREC)
+        tl.store(sT + st_off, b_S)
     else:
-        NT = tl.cdiv(T, BT)
-        for c in range(0, NT):
-            b_S = _scan_fwd_step(tl.cast(c, tl.int64), NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                                 H, N, BT, BK, BV, PREC)
-    tl.store(sT + st_off, b_S)
+        b_S = tl.where(i_g == 0, b_S, 0.)
+        b_a = tl.zeros([BK], dtype=tl.float32)
+        for j in range(0, G):
+            cc = tl.cast(i_g * G + j, tl.int64)
+            tl.store(acc + (i_bh * NT + cc) * N + o_k, b_a, mask=(cc < NT) & (i_v == 0))
+            b_S, glast = _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base, H, N, BT, BK, BV, PREC)
+            b_a += glast
+        ng = tl.num_programs(1)
+        tl.store(gend + ((i_bh * ng + i_g) * N + o_k[:, None]) * N + o_v[None, :], b_S)
+        tl.store(gdec + (i_bh * ng + i_g) * N + o_k, b_a, mask=i_v == 0)
+
+
+@triton.jit(do_not_specialize=['NG'])
+def _scan_carry_kernel(gend, gdec, carry, sT, NG, N: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       REV: tl.constexpr, NGI: tl.constexpr):
+    """Step 2 above, one program per (tile, b*h): groups in order (forward) or from the last (REV, backward)."""
+    i_k = tl.program_id(0) // (N // BV)
+    i_v = tl.program_id(0) % (N // BV)
+    i_bh = tl.program_id(1).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    tile = o_k[:, None] * N + o_v[None, :]
+    b_C = tl.zeros([BK, BV], dtype=tl.float32)
+    n = NGI if NGI > 0 else NG   # interpreter: Python-int trip count (see _nti)
+    for i in range(0, n):
+        g = tl.cast(n - 1 - i if REV else i, tl.int64)
+        tl.store(carry + (i_bh * n + g) * N * N + tile, b_C)
+        b_C = tl.load(gend + (i_bh * n + g) * N * N + tile) + \
+            tl.exp(tl.load(gdec + (i_bh * n + g) * N + o_k))[:, None] * b_C
+    tl.store(sT + i_bh * N * N + tile, b_C)
+
+
+@triton.jit(do_not_specialize=['NT', 'NG'])
+def _scan_fix_kernel(hbuf, acc, carry, NT, NG, N: tl.constexpr, BK: tl.constexpr, G: tl.constexpr):
+    """Step 3 above: the chunk states of group g get the carried-in part, decayed to each chunk."""
+    cc = tl.program_id(0).to(tl.int64)
+    i_k = tl.program_id(1) // (N // BK)
+    i_v = tl.program_id(1) % (N // BK)
+    i_bh = tl.program_id(2).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BK + tl.arange(0, BK)
+    tile = o_k[:, None] * N + o_v[None, :]
+    p = hbuf + (i_bh * NT + cc) * N * N + tile
+    b_C = tl.load(carry + (i_bh * NG + cc // G) * N * N + tile)
+    tl.store(p, tl.load(p) + tl.exp(tl.load(acc + (i_bh * NT + cc) * N + o_k))[:, None] * b_C)
 
 
 @triton.autotune(configs=_configs([(8, 1), (4, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
@@ -427,10 +487,12 @@ def _out_fwd_kernel(r, k, v, w, u, hbuf, y, T, y_pstride, NT, H: tl.constexpr, N
 def _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
                    H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                    PREC: tl.constexpr):
+    """Store dS (the gradient of chunk cc's end state) and return the gradient of its start state, with the
+    chunk's total log-decay; a chunk past the end stores nothing and leaves dS as it is."""
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    tl.store(dhbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_G)
+    tl.store(dhbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_G, mask=cc < NT)
     ot = cc * BT + o_t
     mt = ot < T
     row = base + ot * (H * N)
@@ -440,31 +502,48 @@ def _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
     gi = tl.cumsum(b_w, axis=0)
     ge = gi - b_w
     glast = tl.sum(b_w, axis=0)
-    return b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * tl.exp(ge)), b_gy, input_precision=PREC)
+    return b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * tl.exp(ge)), b_gy, input_precision=PREC), glast
 
 
-@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC'])
-@triton.jit(do_not_specialize=['T'])
-def _scan_bwd_kernel(r, w, gy, gsT, ds0, dhbuf, T, H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr,
-                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr):
-    i_k = tl.program_id(0)
-    i_v = tl.program_id(1)
+@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'G'])
+@triton.jit(do_not_specialize=['T', 'NT'])
+def _scan_bwd_kernel(r, w, gy, gsT, ds0, dhbuf, acc, gend, gdec, T, NT, H: tl.constexpr, N: tl.constexpr,
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
+                     G: tl.constexpr):
+    """The forward scan's mirror (see above _scan_fwd_kernel): dS from the end; with G>0 the group-local part, the
+    last group starting from the final state's gradient, acc = the decay from each chunk's end to its group's end."""
+    i_k = tl.program_id(0) // (N // BV)
+    i_v = tl.program_id(0) % (N // BV)
+    i_g = tl.program_id(1)
     i_bh = tl.program_id(2).to(tl.int64)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     base = ((i_bh // H) * T * H + i_bh % H) * N
     st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
     b_G = tl.load(gsT + st_off)
-    if NTI > 0:   # interpreter: Python-int trip count (see _nti)
-        for c2 in range(0, NTI):
-            b_G = _scan_bwd_step(tl.cast(NTI - 1 - c2, tl.int64), NTI, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh,
-                                 base, H, N, BT, BK, BV, PREC)
+    if G == 0:
+        if NTI > 0:   # interpreter: Python-int trip count (see _nti)
+            for c2 in range(0, NTI):
+                b_G, _ = _scan_bwd_step(tl.cast(NTI - 1 - c2, tl.int64), NTI, b_G, r, w, gy, dhbuf, T, i_k, i_v,
+                                        i_bh, base, H, N, BT, BK, BV, PREC)
+        else:
+            nt = tl.cdiv(T, BT)
+            for c2 in range(0, nt):
+                b_G, _ = _scan_bwd_step(tl.cast(nt - 1 - c2, tl.int64), NT, b_G, r, w, gy, dhbuf, T, i_k, i_v,
+                                        i_bh, base, H, N, BT, BK, BV, PREC)
+        tl.store(ds0 + st_off, b_G)
     else:
-        NT = tl.cdiv(T, BT)
-        for c2 in range(0, NT):
-            b_G = _scan_bwd_step(tl.cast(NT - 1 - c2, tl.int64), NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh,
-                                 base, H, N, BT, BK, BV, PREC)
-    tl.store(ds0 + st_off, b_G)
+        ng = tl.num_programs(1)
+        b_G = tl.where(i_g == ng - 1, b_G, 0.)
+        b_a = tl.zeros([BK], dtype=tl.float32)
+        for j in range(0, G):
+            cc = tl.cast(i_g * G + (G - 1 - j), tl.int64)
+            tl.store(acc + (i_bh * NT + cc) * N + o_k, b_a, mask=(cc < NT) & (i_v == 0))
+            b_G, glast = _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
+                                        H, N, BT, BK, BV, PREC)
+            b_a += glast
+        tl.store(gend + ((i_bh * ng + i_g) * N + o_k[:, None]) * N + o_v[None, :], b_G)
+        tl.store(gdec + (i_bh * ng + i_g) * N + o_k, b_a, mask=i_v == 0)
 
 
 @triton.autotune(configs=_configs([(8, 1), (16, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
@@ -588,6 +667,49 @@ def _scan_blocks(B, H, N):
     return BK, BV
 
 
+def _scan_group(NT):
+    """Chunks per group of the state scans (see above _scan_fwd_kernel); 0 = one sequential pass over all NT chunks.
+    Default: one pass up to 32 chunks (T <= 512 at 16-token chunks), else the power of two G in [8, 64] nearest above
+    sqrt(NT), which minimises the depth G + NT/G (1024 chunks: 32 + 32 steps instead of 1024).
+    WKV6_TRITON_SCAN_GROUP = 0 (one pass) or a power of two >= 2 overrides (a group of >= NT chunks is one pass)."""
+    g = os.environ.get('WKV6_TRITON_SCAN_GROUP')
+    if g is not None:
+        if not g.isdigit() or (int(g) != 0 and (int(g) < 2 or int(g) & (int(g) - 1))):
+            raise ValueError(f"WKV6_TRITON_SCAN_GROUP must be 0 or a power of two >= 2, got {g!r}")
+        return int(g) if int(g) < NT else 0
+    if NT <= 32:
+        return 0
+    G = 8
+    while G * G < NT and G < 64:
+        G *= 2
+    return G
+
+
+def _scan(kernel, seq, s_in, s_out, buf, T, bt, prec, rev):
+    """One state scan (forward: S at each chunk start from s_in; backward, rev: dS at each chunk end from s_out's
+    gradient s_in): fills buf [B, H, NT, N, N] and s_out [B, H, N, N]; seq = the kernel's sequence inputs."""
+    B, H, NT, N, _ = buf.shape
+    SK, SV = _scan_blocks(B, H, N)
+    tiles = (N // SK) * (N // SV)
+    G = _scan_group(NT)
+    if G == 0:
+        e = buf.new_empty((0,))
+        kernel[(tiles, 1, B * H)](*seq, s_in, s_out, buf, e, e, e, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV, PREC=prec,
+                                  NTI=_nti(T, bt), G=0)
+        return
+    NG = _cdiv(NT, G)
+    acc = buf.new_empty((B * H, NT, N))
+    gend = buf.new_empty((B * H, NG, N, N))
+    gdec = buf.new_empty((B * H, NG, N))
+    carry = torch.empty_like(gend)
+    kernel[(tiles, NG, B * H)](*seq, s_in, s_out, buf, acc, gend, gdec, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV,
+                               PREC=prec, NTI=0, G=G)
+    _scan_carry_kernel[(tiles, B * H)](gend, gdec, carry, s_out, NG, N=N, BK=SK, BV=SV, REV=rev,
+                                       NGI=NG if os.environ.get('TRITON_INTERPRET') == '1' else 0)
+    FK = min(N, 64)
+    _scan_fix_kernel[(NT, (N // FK) ** 2, B * H)](buf, acc, carry, NT, NG, N=N, BK=FK, G=G)
+
+
 def _fwd_impl(r, k, v, w, u, s0, save):
     B, T, H, N = r.shape
     split = _mode(B, H, T) == 'split'
@@ -601,9 +723,7 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     pstride = 0 if NK == 1 else B * T * H * N
     if split:
         hbuf = s0.new_empty((B, H, NT, N, N))
-        SK, SV = _scan_blocks(B, H, N)
-        _scan_fwd_kernel[(N // SK, N // SV, B * H)](k, v, w, s0, sT, hbuf, T, H=H, N=N, BT=bt,
-                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T, bt))
+        _scan(_scan_fwd_kernel, (k, v, w), s0, sT, hbuf, T, bt, prec, rev=False)
         _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=bt,
                                               BK=BK, BV=BV, PREC=prec, INTRA=intra)
         if not save:
@@ -640,9 +760,7 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     if split:
         dhbuf = torch.empty_like(hbuf)
         du = r.new_empty((NV, B * H, NT, N), dtype=f32)
-        SK, SV = _scan_blocks(B, H, N)
-        _scan_bwd_kernel[(N // SK, N // SV, B * H)](r, w, gy, gsT, ds0, dhbuf, T, H=H, N=N, BT=bt,
-                                                    BK=SK, BV=SV, PREC=prec, NTI=_nti(T, bt))
+        _scan(_scan_bwd_kernel, (r, w, gy), gsT, ds0, dhbuf, T, bt, prec, rev=True)
         _out_bwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps, v_ps,
                                               NT, H=H, N=N, BT=bt, BK=BK, BV=BV, PREC=prec, INTRA=intra)
         du = du.view(NV, B, H, NT, N).sum((0, 1, 3))

@@ -140,6 +140,44 @@ def test_triton_key_value_split(mode, intra, monkeypatch):
         check_against_reference(wkv6_triton, 1, 18, 1, 128, 'real', seed=8)
 
 
+@pytest.mark.parametrize("group,B,T,H,N,decay,blocks", [
+    ('2', 1, 37, 2, 16, 'real', None),        # 3 chunks: groups of 2, the last one partial
+    ('4', 2, 150, 1, 32, 'strong', None),     # 10 chunks, 3 groups, strong decays through the carried part
+    ('2', 1, 70, 1, 32, 'slow', '16,16'),     # 2 x 2 scan tiles: acc / gdec are written by the first value tile only
+    ('8', 1, 147, 1, 16, 'real', None)])      # one full group of 8 and a partial one of 2
+def test_triton_grouped_state_scan(group, B, T, H, N, decay, blocks, monkeypatch):
+    """The hierarchical state scan (WKV6_TRITON_SCAN_GROUP: group-local scans, a carry pass over the groups, a
+    chunk-parallel fix-up; wkv6_triton._scan) against the float64 reference, forward and backward, with the initial
+    state and the final state's gradient entering through the first / last group. The carry pass must run: the
+    same call without the fix-up is wrong by > 1e-2."""
+    import wkv6_triton
+    monkeypatch.setenv('WKV6_TRITON_MODE', 'split')
+    monkeypatch.setenv('WKV6_TRITON_SCAN_GROUP', group)
+    if blocks:
+        monkeypatch.setenv('WKV6_TRITON_SCAN_BLOCKS', blocks)
+    check_against_reference(wkv6_triton.wkv6_triton, B, T, H, N, decay, seed=3000 + T)
+    if group == '2':
+        class _NoLaunch:
+            def __getitem__(self, grid):
+                return lambda *a, **kw: None
+        monkeypatch.setattr(wkv6_triton, '_scan_fix_kernel', _NoLaunch())
+        with pytest.raises(AssertionError, match="errors over"):
+            check_against_reference(wkv6_triton.wkv6_triton, B, T, H, N, decay, seed=3000 + T)
+
+
+def test_triton_scan_group_rule(monkeypatch):
+    """One sequential pass up to 32 chunks; above, groups of the power of two nearest above sqrt(chunks), 8 to 64;
+    the override is checked and a group as long as the sequence is one pass."""
+    from wkv6_triton import _scan_group
+    monkeypatch.delenv('WKV6_TRITON_SCAN_GROUP', raising=False)
+    assert [_scan_group(nt) for nt in (1, 16, 32, 33, 256, 512, 1024, 4096, 65536)] == [0, 0, 0, 8, 16, 32, 32, 64, 64]
+    monkeypatch.setenv('WKV6_TRITON_SCAN_GROUP', '4')
+    assert _scan_group(10) == 4 and _scan_group(4) == 0 and _scan_group(3) == 0
+    for bad in ('3', '1', '-2', 'x'):
+        monkeypatch.setenv('WKV6_TRITON_SCAN_GROUP', bad)
+        with pytest.raises(ValueError, match="WKV6_TRITON_SCAN_GROUP must be 0 or a power of two"):
+            _scan_group(100)
+
 def _segmented(fn, cuts):
     """fn applied over consecutive segments, carrying the (differentiable) state."""
     def seg_fn(r, k, v, w, u, s0):
