@@ -41,7 +41,9 @@ targets (on an H100: 0.5 / 1.5 / 4.0) are not met. Later on an H200, with the au
 the gathers of _level_sums: 1.32 / 1.76 / 8.19 ms wall, 0.31 / 1.19 / 7.61 ms GPU time
 (results/2026-12-02_wkv6_kernels_gather_h200.json). fla 0.6.0's chunk_rwkv6, each shape in one process with our
 default of the commit before: 2.37 / 2.46 / 6.84 against 0.93 / 1.39 / 8.59
-(results/2026-12-02_wkv6_kernels_fla_h200*.json).
+(results/2026-12-02_wkv6_kernels_fla_h200*.json). At long T and small B*H the split schedule's state scans run in
+groups (_scan_group): (1,16384,4) 4.42 -> 1.48 ms fwd+bwd, side by side in one H200 run
+(results/2026-12-03_wkv6_kernels_scan_groups_h200.json).
 
 `python wkv6_triton.py --bench [--out=DIR]` (= `python wkv6_bench.py`) times torch-chunked / Triton / CUDA / fla
 (when importable) side by side and writes a results JSON.
@@ -385,8 +387,9 @@ def _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
 
 
 # The state scans come in two shapes (G, a constexpr: see _scan_group). G=0: one program per (tile, b*h) walks all
-# NT chunks, so the sequential depth is NT (1024 steps at T=16384: ~80% of the split forward+backward at B*H=4 on an
-# H200, results/2026-12-03_wkv6_kernels_profile_h200.json). G>0, three launches, depth G + NT/G:
+# NT chunks, so the sequential depth is NT (1024 steps at T=16384: the two scans took 3.6 of the 4.4 ms GPU time of
+# a split fwd+bwd at (1,16384,4) on an H200, results/2026-12-03_wkv6_kernels_scan_groups_h200.json, row '/g0').
+# G>0, three launches, depth G + NT/G (the same row at G=32: scans 0.23 ms, + fix 0.07, + carry 0.02):
 #   1. group-local scans, parallel over groups of G chunks: each starts from 0 (the first group from s0), stores its
 #      chunks' local states, the decay from its start to each chunk start (acc, [B*H, NT, N]; exponent <= 0), its
 #      local end state (gend) and its total decay (gdec);
@@ -671,7 +674,11 @@ def _scan_group(NT):
     """Chunks per group of the state scans (see above _scan_fwd_kernel); 0 = one sequential pass over all NT chunks.
     Default: one pass up to 32 chunks (T <= 512 at 16-token chunks), else the power of two G in [8, 64] nearest above
     sqrt(NT), which minimises the depth G + NT/G (1024 chunks: 32 + 32 steps instead of 1024).
-    WKV6_TRITON_SCAN_GROUP = 0 (one pass) or a power of two >= 2 overrides (a group of >= NT chunks is one pass)."""
+    WKV6_TRITON_SCAN_GROUP = 0 (one pass) or a power of two >= 2 overrides (a group of >= NT chunks is one pass).
+    Timed side by side on an H200 (results/2026-12-03_wkv6_kernels_scan_groups_h200.json, bf16 N=64, fwd+bwd ms for
+    G = 0 / 16 / default / 64): (1,16384,4) 4.42 / 1.51 / 1.48 (G=32) / 1.64; (1,16384,3) 4.19 / 1.64 / 1.18 (32) /
+    1.41; (2,8192,3) 2.39 / 1.29 / 1.24 (32) / 1.38; (4,4096,3) 1.47 / 1.32 / 1.20 (16) / 1.47. Wall times: at these
+    shapes the grouped calls are now host-bound (GPU time ~0.7 ms at (1,16384,4)); under CUDA graphs they are not."""
     g = os.environ.get('WKV6_TRITON_SCAN_GROUP')
     if g is not None:
         if not g.isdigit() or (int(g) != 0 and (int(g) < 2 or int(g) & (int(g) - 1))):
