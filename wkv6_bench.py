@@ -33,7 +33,8 @@ import torch
 import triton
 
 from metrics import source_digest
-from wkv6_triton import _blocks, _cdiv, _chunk_len, _intra, _mode, _scan_blocks, _scan_group, wkv6_triton
+from wkv6_scan import _cdiv, _scan_blocks, _scan_group
+from wkv6_triton import _blocks, _chunk_len, _intra, _mode, wkv6_triton
 
 # (B, T, H), N=64, bf16: the kernels issue's four shapes, then gf_mh_8m's training call (16,384 tokens, 3 heads)
 # (indices 5-7, on request with --shapes: its calls at T=4096 / 8192 / 16384, same tokens per step)
@@ -133,9 +134,11 @@ def _label(B, H, mode, T):
 
 
 def tuners():
-    """wkv6_triton's autotuned kernels by name."""
+    """The autotuned kernels of wkv6_triton and wkv6_scan by name."""
+    import wkv6_scan as S_
     import wkv6_triton as T_
-    return {k: getattr(T_, k) for k in dir(T_) if k.endswith('_kernel') and hasattr(getattr(T_, k), 'configs')}
+    return {k: getattr(m, k) for m in (T_, S_) for k in dir(m)
+            if k.endswith('_kernel') and hasattr(getattr(m, k), 'configs')}
 
 
 @contextlib.contextmanager
@@ -211,7 +214,7 @@ def bench(argv):
         except Exception:
             return ''
     sha = os.environ.get('WKV6_GIT_SHA') or sh('git rev-parse HEAD')
-    dirty = os.environ.get('WKV6_GIT_DIRTY') or ('1' if sh('git status --porcelain -- wkv6.py wkv6_triton.py wkv6.cu') else '0')
+    dirty = os.environ.get('WKV6_GIT_DIRTY') or ('1' if sh('git status --porcelain -- wkv6.py wkv6_triton.py wkv6_scan.py wkv6.cu') else '0')
     meta = {
         'command': ' '.join([sys.executable] + sys.argv), 'git_sha': sha, 'git_dirty': dirty == '1',
         'source_digest': source_digest(),   # the files that ran, whatever .git says (metrics.py --find-commit)

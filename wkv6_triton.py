@@ -42,7 +42,7 @@ the gathers of _level_sums: 1.32 / 1.76 / 8.19 ms wall, 0.31 / 1.19 / 7.61 ms GP
 (results/2026-12-02_wkv6_kernels_gather_h200.json). fla 0.6.0's chunk_rwkv6, each shape in one process with our
 default of the commit before: 2.37 / 2.46 / 6.84 against 0.93 / 1.39 / 8.59
 (results/2026-12-02_wkv6_kernels_fla_h200*.json). At long T and small B*H the split schedule's state scans run in
-groups (_scan_group): (1,16384,4) 4.42 -> 1.48 ms fwd+bwd, side by side in one H200 run
+groups (wkv6_scan.py): (1,16384,4) 4.42 -> 1.48 ms fwd+bwd, side by side in one H200 run
 (results/2026-12-03_wkv6_kernels_scan_groups_h200.json).
 
 `python wkv6_triton.py --bench [--out=DIR]` (= `python wkv6_bench.py`) times torch-chunked / Triton / CUDA / fla
@@ -57,17 +57,10 @@ import triton
 import triton.language as tl
 
 from wkv6 import _check_inputs, _eager_route, _prep_fast, _upstream
+from wkv6_scan import _cdiv, _configs, _nti, _scan, _scan_bwd_kernel, _scan_fwd_kernel
 
 BT_DEFAULT = 16            # chunk length of the column-loop intra form (and the levels form's default)
 MAX_LEVELS = tl.constexpr(7)   # INTRA=1 unrolls log2(BT) <= 7 levels (chunks of up to 128 tokens)
-
-
-def _configs(pairs):
-    # WKV6_TRITON_AUTOTUNE=0 keeps the first config (fast compiles in tests); the conftest patch
-    # does the same under the CPU interpreter. First = the best guess from ptxas reports (sm_90):
-    # 8 warps keep the chunk kernels' [BT, BK] tiles in registers (4 warps spill in the backward).
-    cfgs = [triton.Config({}, num_warps=nw, num_stages=ns) for nw, ns in pairs]
-    return cfgs[:1] if os.environ.get('WKV6_TRITON_AUTOTUNE', '1') == '0' else cfgs
 
 
 @triton.jit
@@ -359,115 +352,10 @@ def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, k
 
 
 # ----------------------------------------------------------------------------------------------
-# split mode: the sequential part is only the state scan (cheap per chunk); everything heavy
+# split mode: the sequential part is only the state scan (cheap per chunk; wkv6_scan.py); everything heavy
 # (the [BT,BT,BK] intra terms, all outputs) runs chunk-parallel from the stored chunk states.
 #   forward:  _scan_fwd (S at each chunk start -> hbuf, final state) ; _out_fwd (y, all chunks at once)
 #   backward: _scan_bwd (dS at each chunk end -> dhbuf, dS0)         ; _out_bwd (dr dk dv dw du)
-
-@triton.jit
-def _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   PREC: tl.constexpr):
-    """Store S (chunk cc's start state) and return the state after chunk cc, with the chunk's total log-decay.
-    A chunk past the end (cc >= NT, a group's tail) stores nothing and leaves S as it is (its w loads as 0)."""
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S, mask=cc < NT)
-    ot = cc * BT + o_t
-    mt = ot < T
-    row = base + ot * (H * N)
-    b_k = tl.load(k + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    b_w = tl.load(w + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    b_v = tl.load(v + row[:, None] + o_v[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    gi = tl.cumsum(b_w, axis=0)
-    glast = tl.sum(b_w, axis=0)
-    b_kd = b_k * tl.exp(glast[None, :] - gi)
-    return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC), glast
-
-
-# The state scans come in two shapes (G, a constexpr: see _scan_group). G=0: one program per (tile, b*h) walks all
-# NT chunks, so the sequential depth is NT (1024 steps at T=16384: the two scans took 3.6 of the 4.4 ms GPU time of
-# a split fwd+bwd at (1,16384,4) on an H200, results/2026-12-03_wkv6_kernels_scan_groups_h200.json, row '/g0').
-# G>0, three launches, depth G + NT/G (the same row at G=32: scans 0.23 ms, + fix 0.07, + carry 0.02):
-#   1. group-local scans, parallel over groups of G chunks: each starts from 0 (the first group from s0), stores its
-#      chunks' local states, the decay from its start to each chunk start (acc, [B*H, NT, N]; exponent <= 0), its
-#      local end state (gend) and its total decay (gdec);
-#   2. _scan_carry: one pass over the groups, carry[g+1] = gend[g] + exp(gdec[g]) * carry[g], carry[0] = 0; the
-#      value after the last group is the final state (the scan's output sT / dS0);
-#   3. _scan_fix, parallel over chunks: state[c] += exp(acc[c]) * carry[group of c].
-# The backward's dS scan is the same linear recurrence run from the end, so steps 2 and 3 are shared.
-@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'G'])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _scan_fwd_kernel(k, v, w, s0, sT, hbuf, acc, gend, gdec, T, NT, H: tl.constexpr, N: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
-                     G: tl.constexpr):
-    i_k = tl.program_id(0) // (N // BV)
-    i_v = tl.program_id(0) % (N // BV)
-    i_g = tl.program_id(1)
-    i_bh = tl.program_id(2).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    base = ((i_bh // H) * T * H + i_bh % H) * N
-    st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
-    b_S = tl.load(s0 + st_off)
-    if G == 0:
-        if NTI > 0:   # interpreter: Python-int trip count (see _nti)
-            for c in range(0, NTI):
-                b_S, _ = _scan_fwd_step(tl.cast(c, tl.int64), NTI, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                                        H, N, BT, BK, BV, PREC)
-        else:
-            for c in range(0, tl.cdiv(T, BT)):
-                b_S, _ = _scan_fwd_step(tl.cast(c, tl.int64), NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                                        H, N, BT, BK, BV, PREC)
-        tl.store(sT + st_off, b_S)
-    else:
-        b_S = tl.where(i_g == 0, b_S, 0.)
-        b_a = tl.zeros([BK], dtype=tl.float32)
-        for j in range(0, G):
-            cc = tl.cast(i_g * G + j, tl.int64)
-            tl.store(acc + (i_bh * NT + cc) * N + o_k, b_a, mask=(cc < NT) & (i_v == 0))
-            b_S, glast = _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base, H, N, BT, BK, BV, PREC)
-            b_a += glast
-        ng = tl.num_programs(1)
-        tl.store(gend + ((i_bh * ng + i_g) * N + o_k[:, None]) * N + o_v[None, :], b_S)
-        tl.store(gdec + (i_bh * ng + i_g) * N + o_k, b_a, mask=i_v == 0)
-
-
-@triton.jit(do_not_specialize=['NG'])
-def _scan_carry_kernel(gend, gdec, carry, sT, NG, N: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       REV: tl.constexpr, NGI: tl.constexpr):
-    """Step 2 above, one program per (tile, b*h): groups in order (forward) or from the last (REV, backward)."""
-    i_k = tl.program_id(0) // (N // BV)
-    i_v = tl.program_id(0) % (N // BV)
-    i_bh = tl.program_id(1).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    tile = o_k[:, None] * N + o_v[None, :]
-    b_C = tl.zeros([BK, BV], dtype=tl.float32)
-    n = NGI if NGI > 0 else NG   # interpreter: Python-int trip count (see _nti)
-    for i in range(0, n):
-        g = tl.cast(n - 1 - i if REV else i, tl.int64)
-        tl.store(carry + (i_bh * n + g) * N * N + tile, b_C)
-        b_C = tl.load(gend + (i_bh * n + g) * N * N + tile) + \
-            tl.exp(tl.load(gdec + (i_bh * n + g) * N + o_k))[:, None] * b_C
-    tl.store(sT + i_bh * N * N + tile, b_C)
-
-
-@triton.jit(do_not_specialize=['NT', 'NG'])
-def _scan_fix_kernel(hbuf, acc, carry, NT, NG, N: tl.constexpr, BK: tl.constexpr, G: tl.constexpr):
-    """Step 3 above: the chunk states of group g get the carried-in part, decayed to each chunk."""
-    cc = tl.program_id(0).to(tl.int64)
-    i_k = tl.program_id(1) // (N // BK)
-    i_v = tl.program_id(1) % (N // BK)
-    i_bh = tl.program_id(2).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BK + tl.arange(0, BK)
-    tile = o_k[:, None] * N + o_v[None, :]
-    p = hbuf + (i_bh * NT + cc) * N * N + tile
-    b_C = tl.load(carry + (i_bh * NG + cc // G) * N * N + tile)
-    tl.store(p, tl.load(p) + tl.exp(tl.load(acc + (i_bh * NT + cc) * N + o_k))[:, None] * b_C)
-
 
 @triton.autotune(configs=_configs([(8, 1), (4, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
 @triton.jit(do_not_specialize=['T', 'y_pstride', 'NT'])
@@ -484,69 +372,6 @@ def _out_fwd_kernel(r, k, v, w, u, hbuf, y, T, y_pstride, NT, H: tl.constexpr, N
     b_u = tl.load(u + i_h * N + o_k).to(tl.float32)
     b_S = tl.load(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]))
     _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC, INTRA)
-
-
-@triton.jit
-def _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
-                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   PREC: tl.constexpr):
-    """Store dS (the gradient of chunk cc's end state) and return the gradient of its start state, with the
-    chunk's total log-decay; a chunk past the end stores nothing and leaves dS as it is."""
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    tl.store(dhbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_G, mask=cc < NT)
-    ot = cc * BT + o_t
-    mt = ot < T
-    row = base + ot * (H * N)
-    b_r = tl.load(r + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    b_w = tl.load(w + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    b_gy = tl.load(gy + row[:, None] + o_v[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    gi = tl.cumsum(b_w, axis=0)
-    ge = gi - b_w
-    glast = tl.sum(b_w, axis=0)
-    return b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * tl.exp(ge)), b_gy, input_precision=PREC), glast
-
-
-@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'G'])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _scan_bwd_kernel(r, w, gy, gsT, ds0, dhbuf, acc, gend, gdec, T, NT, H: tl.constexpr, N: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
-                     G: tl.constexpr):
-    """The forward scan's mirror (see above _scan_fwd_kernel): dS from the end; with G>0 the group-local part, the
-    last group starting from the final state's gradient, acc = the decay from each chunk's end to its group's end."""
-    i_k = tl.program_id(0) // (N // BV)
-    i_v = tl.program_id(0) % (N // BV)
-    i_g = tl.program_id(1)
-    i_bh = tl.program_id(2).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    base = ((i_bh // H) * T * H + i_bh % H) * N
-    st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
-    b_G = tl.load(gsT + st_off)
-    if G == 0:
-        if NTI > 0:   # interpreter: Python-int trip count (see _nti)
-            for c2 in range(0, NTI):
-                b_G, _ = _scan_bwd_step(tl.cast(NTI - 1 - c2, tl.int64), NTI, b_G, r, w, gy, dhbuf, T, i_k, i_v,
-                                        i_bh, base, H, N, BT, BK, BV, PREC)
-        else:
-            nt = tl.cdiv(T, BT)
-            for c2 in range(0, nt):
-                b_G, _ = _scan_bwd_step(tl.cast(nt - 1 - c2, tl.int64), NT, b_G, r, w, gy, dhbuf, T, i_k, i_v,
-                                        i_bh, base, H, N, BT, BK, BV, PREC)
-        tl.store(ds0 + st_off, b_G)
-    else:
-        ng = tl.num_programs(1)
-        b_G = tl.where(i_g == ng - 1, b_G, 0.)
-        b_a = tl.zeros([BK], dtype=tl.float32)
-        for j in range(0, G):
-            cc = tl.cast(i_g * G + (G - 1 - j), tl.int64)
-            tl.store(acc + (i_bh * NT + cc) * N + o_k, b_a, mask=(cc < NT) & (i_v == 0))
-            b_G, glast = _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
-                                        H, N, BT, BK, BV, PREC)
-            b_a += glast
-        tl.store(gend + ((i_bh * ng + i_g) * N + o_k[:, None]) * N + o_v[None, :], b_G)
-        tl.store(gdec + (i_bh * ng + i_g) * N + o_k, b_a, mask=i_v == 0)
 
 
 @triton.autotune(configs=_configs([(8, 1), (16, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
@@ -614,18 +439,6 @@ def _waves(n_prog, device):
     return min(3, _cdiv(n_prog, torch.cuda.get_device_properties(device).multi_processor_count))
 
 
-def _cdiv(a, b):
-    """Host-side ceil division (triton.cdiv is a constexpr function in triton 3.6: ~15 us per host call)."""
-    return -(-a // b)
-
-
-def _nti(T, bt):
-    """Under TRITON_INTERPRET, triton 3.6 + numpy >= 2.4 cannot range() over a runtime scalar
-    (deps.md §1 pitfall 7), so the interpreter gets the chunk count as a constexpr; compiled
-    kernels get 0 and compute it from the runtime T (no recompile per T)."""
-    return _cdiv(T, bt) if os.environ.get('TRITON_INTERPRET') == '1' else 0
-
-
 def _prec(dtype):
     return 'ieee' if dtype == torch.float32 else 'tf32'
 
@@ -657,64 +470,6 @@ def _mode(B, H, T):
     if m not in ('split', 'fused'):
         raise ValueError(f"WKV6_TRITON_MODE must be 'split' or 'fused', got {m!r}")
     return m
-
-
-def _scan_blocks(B, H, N):
-    """(BK, BV) for the sequential scans: small value tiles give more programs in flight."""
-    if os.environ.get('WKV6_TRITON_SCAN_BLOCKS'):
-        bk, bv = (int(x) for x in os.environ['WKV6_TRITON_SCAN_BLOCKS'].split(','))
-        return min(bk, N), min(bv, N)
-    BK, BV = min(N, 64), N
-    while B * H * (N // BK) * (N // BV) < 256 and BV > 16:
-        BV //= 2
-    return BK, BV
-
-
-def _scan_group(NT):
-    """Chunks per group of the state scans (see above _scan_fwd_kernel); 0 = one sequential pass over all NT chunks.
-    Default: one pass up to 32 chunks (T <= 512 at 16-token chunks), else the power of two G in [8, 64] nearest above
-    sqrt(NT), which minimises the depth G + NT/G (1024 chunks: 32 + 32 steps instead of 1024).
-    WKV6_TRITON_SCAN_GROUP = 0 (one pass) or a power of two >= 2 overrides (a group of >= NT chunks is one pass).
-    Timed side by side on an H200 (results/2026-12-03_wkv6_kernels_scan_groups_h200.json, bf16 N=64, fwd+bwd ms for
-    G = 0 / 16 / default / 64): (1,16384,4) 4.42 / 1.51 / 1.48 (G=32) / 1.64; (1,16384,3) 4.19 / 1.64 / 1.18 (32) /
-    1.41; (2,8192,3) 2.39 / 1.29 / 1.24 (32) / 1.38; (4,4096,3) 1.47 / 1.32 / 1.20 (16) / 1.47. Wall times: at these
-    shapes the grouped calls are now host-bound (GPU time ~0.7 ms at (1,16384,4)); under CUDA graphs they are not."""
-    g = os.environ.get('WKV6_TRITON_SCAN_GROUP')
-    if g is not None:
-        if not g.isdigit() or (int(g) != 0 and (int(g) < 2 or int(g) & (int(g) - 1))):
-            raise ValueError(f"WKV6_TRITON_SCAN_GROUP must be 0 or a power of two >= 2, got {g!r}")
-        return int(g) if int(g) < NT else 0
-    if NT <= 32:
-        return 0
-    G = 8
-    while G * G < NT and G < 64:
-        G *= 2
-    return G
-
-
-def _scan(kernel, seq, s_in, s_out, buf, T, bt, prec, rev):
-    """One state scan (forward: S at each chunk start from s_in; backward, rev: dS at each chunk end from s_out's
-    gradient s_in): fills buf [B, H, NT, N, N] and s_out [B, H, N, N]; seq = the kernel's sequence inputs."""
-    B, H, NT, N, _ = buf.shape
-    SK, SV = _scan_blocks(B, H, N)
-    tiles = (N // SK) * (N // SV)
-    G = _scan_group(NT)
-    if G == 0:
-        e = buf.new_empty((0,))
-        kernel[(tiles, 1, B * H)](*seq, s_in, s_out, buf, e, e, e, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV, PREC=prec,
-                                  NTI=_nti(T, bt), G=0)
-        return
-    NG = _cdiv(NT, G)
-    acc = buf.new_empty((B * H, NT, N))
-    gend = buf.new_empty((B * H, NG, N, N))
-    gdec = buf.new_empty((B * H, NG, N))
-    carry = torch.empty_like(gend)
-    kernel[(tiles, NG, B * H)](*seq, s_in, s_out, buf, acc, gend, gdec, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV,
-                               PREC=prec, NTI=0, G=G)
-    _scan_carry_kernel[(tiles, B * H)](gend, gdec, carry, s_out, NG, N=N, BK=SK, BV=SV, REV=rev,
-                                       NGI=NG if os.environ.get('TRITON_INTERPRET') == '1' else 0)
-    FK = min(N, 64)
-    _scan_fix_kernel[(NT, (N // FK) ** 2, B * H)](buf, acc, carry, NT, NG, N=N, BK=FK, G=G)
 
 
 def _fwd_impl(r, k, v, w, u, s0, save):

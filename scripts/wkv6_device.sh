@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-command GPU run for the WKV-6 kernels (wkv6.py / wkv6.cu / wkv6_triton.py), from the repo root:
+# One-command GPU run for the WKV-6 kernels (wkv6.py / wkv6.cu / wkv6_triton.py / wkv6_scan.py), from the repo root:
 #   bash scripts/wkv6_device.sh
 # Steps, each time-boxed so the whole run ends inside WKV6_DEVICE_BUDGET_S (default 540 s):
 #   0. env.txt: nvidia-smi, versions;  fla-core installed from .whl/ when carried (bench reference)
@@ -31,7 +31,7 @@ fi
 grep -E "device|torch|fla" "$OUT/env.txt"
 
 # optional knobs: WKV6_SKIP_CPU=1, WKV6_SKIP_SANITIZER=1, WKV6_GPU_TEST_K=<pytest -k expr>,
-# WKV6_BENCH_ARGS="--impls=cuda,triton --shapes=0,1,2" (see bench() in wkv6_triton.py)
+# WKV6_BENCH_ARGS="--impls=cuda,triton --shapes=0,1,2" (see bench() in wkv6_bench.py)
 if [ "${WKV6_SKIP_CPU:-0}" != 1 ]; then
 echo "== 1. CPU kernel tests (TRITON_INTERPRET) under this box's triton  [$(left)s left]"
 timeout 150 python3 -m pytest tests/test_wkv6.py -q -p no:cacheprovider > "$OUT/cpu_tests.log" 2>&1

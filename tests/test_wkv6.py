@@ -147,9 +147,10 @@ def test_triton_key_value_split(mode, intra, monkeypatch):
     ('8', 1, 147, 1, 16, 'real', None)])      # one full group of 8 and a partial one of 2
 def test_triton_grouped_state_scan(group, B, T, H, N, decay, blocks, monkeypatch):
     """The hierarchical state scan (WKV6_TRITON_SCAN_GROUP: group-local scans, a carry pass over the groups, a
-    chunk-parallel fix-up; wkv6_triton._scan) against the float64 reference, forward and backward, with the initial
+    chunk-parallel fix-up; wkv6_scan._scan) against the float64 reference, forward and backward, with the initial
     state and the final state's gradient entering through the first / last group. The carry pass must run: the
     same call without the fix-up is wrong by > 1e-2."""
+    import wkv6_scan
     import wkv6_triton
     monkeypatch.setenv('WKV6_TRITON_MODE', 'split')
     monkeypatch.setenv('WKV6_TRITON_SCAN_GROUP', group)
@@ -160,7 +161,7 @@ def test_triton_grouped_state_scan(group, B, T, H, N, decay, blocks, monkeypatch
         class _NoLaunch:
             def __getitem__(self, grid):
                 return lambda *a, **kw: None
-        monkeypatch.setattr(wkv6_triton, '_scan_fix_kernel', _NoLaunch())
+        monkeypatch.setattr(wkv6_scan, '_scan_fix_kernel', _NoLaunch())
         with pytest.raises(AssertionError, match="errors over"):
             check_against_reference(wkv6_triton.wkv6_triton, B, T, H, N, decay, seed=3000 + T)
 
@@ -168,7 +169,7 @@ def test_triton_grouped_state_scan(group, B, T, H, N, decay, blocks, monkeypatch
 def test_triton_scan_group_rule(monkeypatch):
     """One sequential pass up to 32 chunks; above, groups of the power of two nearest above sqrt(chunks), 8 to 64;
     the override is checked and a group as long as the sequence is one pass."""
-    from wkv6_triton import _scan_group
+    from wkv6_scan import _scan_group
     monkeypatch.delenv('WKV6_TRITON_SCAN_GROUP', raising=False)
     assert [_scan_group(nt) for nt in (1, 16, 32, 33, 256, 512, 1024, 4096, 65536)] == [0, 0, 0, 8, 16, 32, 32, 64, 64]
     monkeypatch.setenv('WKV6_TRITON_SCAN_GROUP', '4')
