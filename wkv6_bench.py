@@ -406,6 +406,7 @@ def host_overhead(argv):
     """Host time of one wkv6_triton call with the launches stubbed (see the module docstring); medians of `reps`."""
     import json
     import platform
+    import wkv6_scan
     import wkv6_triton as T_
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     out_dir, reps = opts.get('out', 'results'), int(opts.get('reps', 500))
@@ -447,12 +448,12 @@ def host_overhead(argv):
     class NoLaunch:
         def __getitem__(self, grid):
             return lambda *a, **k: None
-    saved = {n: getattr(T_, n) for n in dir(T_) if n.endswith('_kernel')}
+    saved = {(m, n): getattr(m, n) for m in (T_, wkv6_scan) for n in dir(m) if n.endswith('_kernel')}
     rows = [dict(route='autograd.Function doing nothing', mode=None, fwd_ms=median_ms(fwd(Nothing.apply)),
                  fwdbwd_ms=median_ms(fwdbwd(Nothing.apply)))]
     try:
-        for n in saved:
-            setattr(T_, n, NoLaunch())
+        for m, n in saved:
+            setattr(m, n, NoLaunch())
         for mode in ('fused', 'split'):
             os.environ['WKV6_TRITON_MODE'] = mode
             for route in ('eager', 'custom_op'):
@@ -460,14 +461,15 @@ def host_overhead(argv):
                 rows.append(dict(route=route, mode=mode, fwd_ms=median_ms(fwd(wkv6_triton)),
                                  fwdbwd_ms=median_ms(fwdbwd(wkv6_triton))))
     finally:
-        for n, f in saved.items():
-            setattr(T_, n, f)
+        for (m, n), f in saved.items():
+            setattr(m, n, f)
         os.environ.pop('WKV6_TRITON_MODE', None)
         os.environ.pop('WKV6_EAGER_CUSTOM_OP', None)
     meta = {'command': ' '.join([os.path.basename(sys.executable), 'wkv6_bench.py'] + argv),
             'source_digest': source_digest(), 'machine': platform.processor() or platform.machine(),
             'cpu_count': os.cpu_count(), 'torch': torch.__version__, 'triton': triton.__version__,
             'python': platform.python_version(), 'shape': [B, T, H, N], 'blocks': list(_blocks(B, H, N)), 'reps': reps,
+            'stubbed': sorted(f"{m.__name__}.{n}" for m, n in saved),
             'timing': 'perf_counter around each call on CPU tensors, kernel launches replaced by no-ops; medians'}
     for r in rows:
         print(f"  {r['route']:>32} {str(r['mode'] or ''):>6}: fwd {r['fwd_ms']:.3f} ms  fwd+bwd {r['fwdbwd_ms']:.3f} ms")

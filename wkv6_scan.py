@@ -6,7 +6,7 @@ as [B, H, NT, N, N] for the chunk-parallel kernels, plus the final state / the i
 Per chunk of BT tokens the forward step is S <- exp(glast) * S + (k * exp(glast - gi))^T @ v and the backward step
 dS <- exp(glast) * dS + (r * exp(ge))^T @ gy (gi / ge the inclusive / exclusive cumsums of the log-decay w over the
 chunk, glast its sum): every exponent is <= 0. Short sequences take one sequential pass; long ones run in groups of
-chunks (_scan_group; below _scan_fwd_step): the depth falls from NT to G + NT/G.
+chunks (_scan_group; the comment above _scan_kernel): the depth falls from NT to G + NT/G.
 
 Also the launch helpers wkv6_triton.py shares with it (_configs, _cdiv, _nti).
 """
@@ -25,107 +25,61 @@ def _configs(pairs):
     return cfgs[:1] if os.environ.get('WKV6_TRITON_AUTOTUNE', '1') == '0' else cfgs
 
 
+def _cdiv(a, b):
+    """Host-side ceil division (triton.cdiv is a constexpr function in triton 3.6: ~15 us per host call)."""
+    return -(-a // b)
+
+
+def _nti(T, bt):
+    """Under TRITON_INTERPRET, triton 3.6 + numpy >= 2.4 cannot range() over a runtime scalar
+    (deps.md §1 pitfall 7), so the interpreter gets the chunk count as a constexpr; compiled
+    kernels get 0 and compute it from the runtime T (no recompile per T)."""
+    return _cdiv(T, bt) if os.environ.get('TRITON_INTERPRET') == '1' else 0
+
+
 @triton.jit
-def _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
-                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   PREC: tl.constexpr):
-    """Store dS (the gradient of chunk cc's end state) and return the gradient of its start state, with the
-    chunk's total log-decay; a chunk past the end stores nothing and leaves dS as it is."""
+def _scan_step(cc, NT, b_S, a, w, b, buf, T, i_k, i_v, i_bh, base, H: tl.constexpr, N: tl.constexpr,
+               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, REV: tl.constexpr):
+    """Store the carried tile at chunk cc and return it carried over chunk cc, with the chunk's total log-decay:
+    forward (a, b = k, v): S, chunk cc's start state -> exp(glast) * S + (k * exp(glast - gi))^T @ v;
+    backward (REV; a, b = r, gy): dS, the gradient of chunk cc's end state -> exp(glast) * dS + (r * exp(ge))^T @ gy.
+    A chunk past the end (cc >= NT, a group's tail) stores nothing and changes nothing (its rows load as 0)."""
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    tl.store(dhbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_G, mask=cc < NT)
+    tl.store(buf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S, mask=cc < NT)
     ot = cc * BT + o_t
     mt = ot < T
     row = base + ot * (H * N)
-    b_r = tl.load(r + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    b_a = tl.load(a + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
     b_w = tl.load(w + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    b_gy = tl.load(gy + row[:, None] + o_v[None, :], mask=mt[:, None], other=0.).to(tl.float32)
+    b_b = tl.load(b + row[:, None] + o_v[None, :], mask=mt[:, None], other=0.).to(tl.float32)
     gi = tl.cumsum(b_w, axis=0)
-    ge = gi - b_w
     glast = tl.sum(b_w, axis=0)
-    return b_G * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_r * tl.exp(ge)), b_gy, input_precision=PREC), glast
-
-
-@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'G'])
-@triton.jit(do_not_specialize=['T', 'NT'])
-def _scan_bwd_kernel(r, w, gy, gsT, ds0, dhbuf, acc, gend, gdec, T, NT, H: tl.constexpr, N: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
-                     G: tl.constexpr):
-    """The forward scan's mirror (see above _scan_fwd_kernel): dS from the end; with G>0 the group-local part, the
-    last group starting from the final state's gradient, acc = the decay from each chunk's end to its group's end."""
-    i_k = tl.program_id(0) // (N // BV)
-    i_v = tl.program_id(0) % (N // BV)
-    i_g = tl.program_id(1)
-    i_bh = tl.program_id(2).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    base = ((i_bh // H) * T * H + i_bh % H) * N
-    st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
-    b_G = tl.load(gsT + st_off)
-    if G == 0:
-        if NTI > 0:   # interpreter: Python-int trip count (see _nti)
-            for c2 in range(0, NTI):
-                b_G, _ = _scan_bwd_step(tl.cast(NTI - 1 - c2, tl.int64), NTI, b_G, r, w, gy, dhbuf, T, i_k, i_v,
-                                        i_bh, base, H, N, BT, BK, BV, PREC)
-        else:
-            nt = tl.cdiv(T, BT)
-            for c2 in range(0, nt):
-                b_G, _ = _scan_bwd_step(tl.cast(nt - 1 - c2, tl.int64), NT, b_G, r, w, gy, dhbuf, T, i_k, i_v,
-                                        i_bh, base, H, N, BT, BK, BV, PREC)
-        tl.store(ds0 + st_off, b_G)
+    if REV:
+        b_ad = b_a * tl.exp(gi - b_w)
     else:
-        ng = tl.num_programs(1)
-        b_G = tl.where(i_g == ng - 1, b_G, 0.)
-        b_a = tl.zeros([BK], dtype=tl.float32)
-        for j in range(0, G):
-            cc = tl.cast(i_g * G + (G - 1 - j), tl.int64)
-            tl.store(acc + (i_bh * NT + cc) * N + o_k, b_a, mask=(cc < NT) & (i_v == 0))
-            b_G, glast = _scan_bwd_step(cc, NT, b_G, r, w, gy, dhbuf, T, i_k, i_v, i_bh, base,
-                                        H, N, BT, BK, BV, PREC)
-            b_a += glast
-        tl.store(gend + ((i_bh * ng + i_g) * N + o_k[:, None]) * N + o_v[None, :], b_G)
-        tl.store(gdec + (i_bh * ng + i_g) * N + o_k, b_a, mask=i_v == 0)
+        b_ad = b_a * tl.exp(glast[None, :] - gi)
+    return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_ad), b_b, input_precision=PREC), glast
 
 
-@triton.jit
-def _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                   H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   PREC: tl.constexpr):
-    """Store S (chunk cc's start state) and return the state after chunk cc, with the chunk's total log-decay.
-    A chunk past the end (cc >= NT, a group's tail) stores nothing and leaves S as it is (its w loads as 0)."""
-    o_t = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    tl.store(hbuf + (i_bh * NT + cc) * N * N + (o_k[:, None] * N + o_v[None, :]), b_S, mask=cc < NT)
-    ot = cc * BT + o_t
-    mt = ot < T
-    row = base + ot * (H * N)
-    b_k = tl.load(k + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    b_w = tl.load(w + row[:, None] + o_k[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    b_v = tl.load(v + row[:, None] + o_v[None, :], mask=mt[:, None], other=0.).to(tl.float32)
-    gi = tl.cumsum(b_w, axis=0)
-    glast = tl.sum(b_w, axis=0)
-    b_kd = b_k * tl.exp(glast[None, :] - gi)
-    return b_S * tl.exp(glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC), glast
-
-
-# The state scans come in two shapes (G, a constexpr: see _scan_group). G=0: one program per (tile, b*h) walks all
-# NT chunks, so the sequential depth is NT (1024 steps at T=16384: the two scans took 3.6 of the 4.1 ms GPU time of
-# a split fwd+bwd at (1,16384,4) on an H200, results/2026-12-03_wkv6_kernels_scan_groups_h200.json, row '/g0').
+# The scans come in two shapes (G, a constexpr: see _scan_group). G=0: one program per (tile, b*h) walks all NT
+# chunks, so the sequential depth is NT (1024 steps at T=16384: the two scans took 3.6 of the 4.1 ms GPU time of a
+# split fwd+bwd at (1,16384,4) on an H200, results/2026-12-03_wkv6_kernels_scan_groups_h200.json, row '/g0').
 # G>0, three launches, depth G + NT/G (the default row there, G=32: scans 0.23 ms, + fix 0.07, + carry 0.02):
-#   1. group-local scans, parallel over groups of G chunks: each starts from 0 (the first group from s0), stores its
-#      chunks' local states, the decay from its start to each chunk start (acc, [B*H, NT, N]; exponent <= 0), its
-#      local end state (gend) and its total decay (gdec);
-#   2. _scan_carry: one pass over the groups, carry[g+1] = gend[g] + exp(gdec[g]) * carry[g], carry[0] = 0; the
-#      value after the last group is the final state (the scan's output sT / dS0);
-#   3. _scan_fix, parallel over chunks: state[c] += exp(acc[c]) * carry[group of c].
-# The backward's dS scan is the same linear recurrence run from the end, so steps 2 and 3 are shared.
-@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'G'])
+#   1. group-local scans, parallel over groups of G chunks: each starts from 0 (the first group from the scan's input
+#      tile: s0 forward, the final state's gradient backward, where the "first" group is the last), stores its
+#      chunks' local tiles, the decay from its start to each chunk (acc, [B*H, NT, N]; exponent <= 0), its local end
+#      tile (gend) and its total decay (gdec);
+#   2. _scan_carry_kernel: one pass over the groups, carry[next] = gend[g] + exp(gdec[g]) * carry[g], carry[first]
+#      = 0; the value after the last group is the scan's output (the final state / the initial state's gradient);
+#   3. _scan_fix_kernel, parallel over chunks: tile[c] += exp(acc[c]) * carry[group of c].
+# The backward's dS scan is the same linear recurrence run from the end (REV), so all three are shared.
+@triton.autotune(configs=_configs([(4, 2), (8, 2)]), key=['N', 'BK', 'BV', 'PREC', 'G', 'REV'])
 @triton.jit(do_not_specialize=['T', 'NT'])
-def _scan_fwd_kernel(k, v, w, s0, sT, hbuf, acc, gend, gdec, T, NT, H: tl.constexpr, N: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
-                     G: tl.constexpr):
+def _scan_kernel(a, w, b, s_in, s_out, buf, acc, gend, gdec, T, NT, H: tl.constexpr, N: tl.constexpr,
+                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr, NTI: tl.constexpr,
+                 G: tl.constexpr, REV: tl.constexpr):
     i_k = tl.program_id(0) // (N // BV)
     i_v = tl.program_id(0) % (N // BV)
     i_g = tl.program_id(1)
@@ -134,28 +88,25 @@ def _scan_fwd_kernel(k, v, w, s0, sT, hbuf, acc, gend, gdec, T, NT, H: tl.conste
     o_v = i_v * BV + tl.arange(0, BV)
     base = ((i_bh // H) * T * H + i_bh % H) * N
     st_off = (i_bh * N + o_k[:, None]) * N + o_v[None, :]
-    b_S = tl.load(s0 + st_off)
+    b_S = tl.load(s_in + st_off)
     if G == 0:
-        if NTI > 0:   # interpreter: Python-int trip count (see _nti)
-            for c in range(0, NTI):
-                b_S, _ = _scan_fwd_step(tl.cast(c, tl.int64), NTI, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                                        H, N, BT, BK, BV, PREC)
-        else:
-            for c in range(0, tl.cdiv(T, BT)):
-                b_S, _ = _scan_fwd_step(tl.cast(c, tl.int64), NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base,
-                                        H, N, BT, BK, BV, PREC)
-        tl.store(sT + st_off, b_S)
+        n = NTI if NTI > 0 else tl.cdiv(T, BT)   # interpreter: Python-int trip count (see _nti)
+        for i in range(0, n):
+            c = n - 1 - i if REV else i
+            b_S, _ = _scan_step(tl.cast(c, tl.int64), NT, b_S, a, w, b, buf, T, i_k, i_v, i_bh, base,
+                                H, N, BT, BK, BV, PREC, REV)
+        tl.store(s_out + st_off, b_S)
     else:
-        b_S = tl.where(i_g == 0, b_S, 0.)
-        b_a = tl.zeros([BK], dtype=tl.float32)
-        for j in range(0, G):
-            cc = tl.cast(i_g * G + j, tl.int64)
-            tl.store(acc + (i_bh * NT + cc) * N + o_k, b_a, mask=(cc < NT) & (i_v == 0))
-            b_S, glast = _scan_fwd_step(cc, NT, b_S, k, v, w, hbuf, T, i_k, i_v, i_bh, base, H, N, BT, BK, BV, PREC)
-            b_a += glast
         ng = tl.num_programs(1)
+        b_S = tl.where(i_g == (ng - 1 if REV else 0), b_S, 0.)
+        b_d = tl.zeros([BK], dtype=tl.float32)
+        for j in range(0, G):
+            cc = tl.cast(i_g * G + (G - 1 - j if REV else j), tl.int64)
+            tl.store(acc + (i_bh * NT + cc) * N + o_k, b_d, mask=(cc < NT) & (i_v == 0))
+            b_S, glast = _scan_step(cc, NT, b_S, a, w, b, buf, T, i_k, i_v, i_bh, base, H, N, BT, BK, BV, PREC, REV)
+            b_d += glast
         tl.store(gend + ((i_bh * ng + i_g) * N + o_k[:, None]) * N + o_v[None, :], b_S)
-        tl.store(gdec + (i_bh * ng + i_g) * N + o_k, b_a, mask=i_v == 0)
+        tl.store(gdec + (i_bh * ng + i_g) * N + o_k, b_d, mask=i_v == 0)
 
 
 @triton.jit(do_not_specialize=['NG'])
@@ -193,18 +144,6 @@ def _scan_fix_kernel(hbuf, acc, carry, NT, NG, N: tl.constexpr, BK: tl.constexpr
     tl.store(p, tl.load(p) + tl.exp(tl.load(acc + (i_bh * NT + cc) * N + o_k))[:, None] * b_C)
 
 
-def _cdiv(a, b):
-    """Host-side ceil division (triton.cdiv is a constexpr function in triton 3.6: ~15 us per host call)."""
-    return -(-a // b)
-
-
-def _nti(T, bt):
-    """Under TRITON_INTERPRET, triton 3.6 + numpy >= 2.4 cannot range() over a runtime scalar
-    (deps.md §1 pitfall 7), so the interpreter gets the chunk count as a constexpr; compiled
-    kernels get 0 and compute it from the runtime T (no recompile per T)."""
-    return _cdiv(T, bt) if os.environ.get('TRITON_INTERPRET') == '1' else 0
-
-
 # ----------------------------------------------------------------------------------------------
 # launch helpers
 
@@ -220,7 +159,7 @@ def _scan_blocks(B, H, N):
 
 
 def _scan_group(NT):
-    """Chunks per group of the state scans (see above _scan_fwd_kernel); 0 = one sequential pass over all NT chunks.
+    """Chunks per group of the state scans (see above _scan_kernel); 0 = one sequential pass over all NT chunks.
     Default: one pass up to 32 chunks (T <= 512 at 16-token chunks), else the power of two G in [8, 64] nearest above
     sqrt(NT), which minimises the depth G + NT/G (1024 chunks: 32 + 32 steps instead of 1024).
     WKV6_TRITON_SCAN_GROUP = 0 (one pass) or a power of two >= 2 overrides (a group of >= NT chunks is one pass).
@@ -241,25 +180,25 @@ def _scan_group(NT):
     return G
 
 
-def _scan(kernel, seq, s_in, s_out, buf, T, bt, prec, rev):
-    """One state scan (forward: S at each chunk start from s_in; backward, rev: dS at each chunk end from s_out's
-    gradient s_in): fills buf [B, H, NT, N, N] and s_out [B, H, N, N]; seq = the kernel's sequence inputs."""
+def _scan(seq, s_in, s_out, buf, T, bt, prec, rev):
+    """One state scan, forward (seq = k, w, v: S at each chunk start from s_in = s0) or backward (rev; seq = r, w, gy:
+    dS at each chunk end from s_in = the final state's gradient): fills buf [B, H, NT, N, N] and s_out [B, H, N, N]."""
     B, H, NT, N, _ = buf.shape
     SK, SV = _scan_blocks(B, H, N)
     tiles = (N // SK) * (N // SV)
     G = _scan_group(NT)
     if G == 0:
         e = buf.new_empty((0,))
-        kernel[(tiles, 1, B * H)](*seq, s_in, s_out, buf, e, e, e, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV, PREC=prec,
-                                  NTI=_nti(T, bt), G=0)
+        _scan_kernel[(tiles, 1, B * H)](*seq, s_in, s_out, buf, e, e, e, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV,
+                                        PREC=prec, NTI=_nti(T, bt), G=0, REV=rev)
         return
     NG = _cdiv(NT, G)
     acc = buf.new_empty((B * H, NT, N))
     gend = buf.new_empty((B * H, NG, N, N))
     gdec = buf.new_empty((B * H, NG, N))
     carry = torch.empty_like(gend)
-    kernel[(tiles, NG, B * H)](*seq, s_in, s_out, buf, acc, gend, gdec, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV,
-                               PREC=prec, NTI=0, G=G)
+    _scan_kernel[(tiles, NG, B * H)](*seq, s_in, s_out, buf, acc, gend, gdec, T, NT, H=H, N=N, BT=bt, BK=SK, BV=SV,
+                                     PREC=prec, NTI=0, G=G, REV=rev)
     _scan_carry_kernel[(tiles, B * H)](gend, gdec, carry, s_out, NG, N=N, BK=SK, BV=SV, REV=rev,
                                        NGI=NG if os.environ.get('TRITON_INTERPRET') == '1' else 0)
     FK = min(N, 64)

@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 
 from wkv6 import _check_inputs, _eager_route, _prep_fast, _upstream
-from wkv6_scan import _cdiv, _configs, _nti, _scan, _scan_bwd_kernel, _scan_fwd_kernel
+from wkv6_scan import _cdiv, _configs, _nti, _scan
 
 BT_DEFAULT = 16            # chunk length of the column-loop intra form (and the levels form's default)
 MAX_LEVELS = tl.constexpr(7)   # INTRA=1 unrolls log2(BT) <= 7 levels (chunks of up to 128 tokens)
@@ -354,8 +354,8 @@ def _wkv6_bwd_kernel(r, k, v, w, u, hbuf, gy, gsT, dr, dk, dv, dw, du, ds0, T, k
 # ----------------------------------------------------------------------------------------------
 # split mode: the sequential part is only the state scan (cheap per chunk; wkv6_scan.py); everything heavy
 # (the [BT,BT,BK] intra terms, all outputs) runs chunk-parallel from the stored chunk states.
-#   forward:  _scan_fwd (S at each chunk start -> hbuf, final state) ; _out_fwd (y, all chunks at once)
-#   backward: _scan_bwd (dS at each chunk end -> dhbuf, dS0)         ; _out_bwd (dr dk dv dw du)
+#   forward:  _scan (S at each chunk start -> hbuf, final state) ; _out_fwd (y, all chunks at once)
+#   backward: _scan (dS at each chunk end -> dhbuf, dS0)          ; _out_bwd (dr dk dv dw du)
 
 @triton.autotune(configs=_configs([(8, 1), (4, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
 @triton.jit(do_not_specialize=['T', 'y_pstride', 'NT'])
@@ -485,7 +485,7 @@ def _fwd_impl(r, k, v, w, u, s0, save):
     pstride = 0 if NK == 1 else B * T * H * N
     if split:
         hbuf = s0.new_empty((B, H, NT, N, N))
-        _scan(_scan_fwd_kernel, (k, v, w), s0, sT, hbuf, T, bt, prec, rev=False)
+        _scan((k, w, v), s0, sT, hbuf, T, bt, prec, rev=False)
         _out_fwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, y, T, pstride, NT, H=H, N=N, BT=bt,
                                               BK=BK, BV=BV, PREC=prec, INTRA=intra)
         if not save:
@@ -522,7 +522,7 @@ def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     if split:
         dhbuf = torch.empty_like(hbuf)
         du = r.new_empty((NV, B * H, NT, N), dtype=f32)
-        _scan(_scan_bwd_kernel, (r, w, gy), gsT, ds0, dhbuf, T, bt, prec, rev=True)
+        _scan((r, w, gy), gsT, ds0, dhbuf, T, bt, prec, rev=True)
         _out_bwd_kernel[(NT, NK * NV, B * H)](r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps, v_ps,
                                               NT, H=H, N=N, BT=bt, BK=BK, BV=BV, PREC=prec, INTRA=intra)
         du = du.view(NV, B, H, NT, N).sum((0, 1, 3))

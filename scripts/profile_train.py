@@ -24,7 +24,7 @@ from metrics import provenance  # noqa: E402
 
 FAMILIES = [  # first match wins; patterns on the kernel name, lower-cased
     ("nccl", r"nccl"),
-    ("wkv", r"wkv|^_(scan_(fwd|bwd|carry|fix)|out_(fwd|bwd))_kernel"),   # wkv6.cu; wkv6_triton's split schedule
+    ("wkv", r"wkv|^_(scan(_fwd|_bwd|_carry|_fix)?|out_(fwd|bwd))_kernel"),   # wkv6.cu; wkv6_triton's split schedule
     ("mamba_ssd", r"chunk_scan|chunk_state|state_passing|bmm_chunk|chunk_cumsum|layer_norm_fwd|layer_norm_bwd|"
                   r"_layer_norm|selective|ssd"),
     ("attention", r"flash|fmha|attention|sdpa"),

@@ -472,5 +472,5 @@ def test_profile_train_writes_a_results_file(tiny_data, tmp_path):
     names = {"void wkv6_v2_kown_kernel<__nv_bfloat16, 64, 4, true>(int)": "wkv", "nvjet_sm90_tst_192x128": "matmul",
              "triton_per_fused_add_mul_0": "inductor_triton", "ncclDevKernel_AllReduce": "nccl",
              "void at::native::conv_depthwise2d_forward_kernel": "other", "_out_bwd_kernel": "wkv",
-             "_scan_carry_kernel": "wkv", "_wkv6_fwd_kernel": "wkv", "triton_poi_fused_out_fwd_kernel_0": "inductor_triton"}
+             "_scan_carry_kernel": "wkv", "_scan_kernel": "wkv", "_scan_fwd_kernel": "wkv", "_wkv6_fwd_kernel": "wkv", "triton_poi_fused_out_fwd_kernel_0": "inductor_triton"}
     assert {n: profile_train.family(n) for n in names} == names

@@ -328,6 +328,21 @@ def test_ptxas_report_compiles_the_chunk_kernels_for_sm90():
     assert rows["levels"][2] < rows["columns"][2] and rows["levels"][3] < rows["columns"][3], rows
 
 
+def test_ptxas_compiles_the_state_scans_for_sm90():
+    """The split schedule's state scans (wkv6_scan.py: grouped forward and backward, one pass, carry, fix-up) compile
+    for sm_90 without spills: the CPU interpreter checks their arithmetic, this checks that the same source is also
+    valid compiled Triton (loop bounds, constexpr branches, masks), which the interpreter does not."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    names = ["scan_fwd", "scan_bwd", "scan_1pass", "scan_carry", "scan_fix"]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wkv6_ptxas.py"), "--only=" + ",".join(names)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {ln.split()[0]: [int(x) for x in ln.split()[3:]] for ln in out.stdout.splitlines()
+            if ln.split() and ln.split()[0] in names}   # [regs, spill bytes, SASS, barriers]
+    assert set(rows) == set(names), out.stdout
+    assert all(r[1] == 0 and 0 < r[0] <= 255 and r[2] > 0 for r in rows.values()), rows
+
+
 def test_kernel_times_is_per_call_and_per_kernel():
     """wkv6_bench.kernel_times (--profile=1 on the GPU box): per-call time and launch count for each kernel, largest
     first. Here on CPU ops, the profiler's CPU stand-in for GPU kernels: 3 profiled calls of one mm + one relu."""
@@ -345,7 +360,12 @@ def test_host_overhead_timer_stubs_launches_and_restores_them(tmp_path):
     import wkv6_bench
     import wkv6_triton
     path = wkv6_bench.host_overhead([f"--out={tmp_path}", "--reps=5"])
-    rows = json.load(open(path))["results"]
+    res = json.load(open(path))
+    rows = res["results"]
+    import wkv6_scan   # every kernel of both modules is stubbed (a real launch would run the interpreter: minutes)
+    kernels = {f"{m.__name__}.{n}" for m in (wkv6_triton, wkv6_scan) for n in dir(m)
+               if n.endswith("_kernel") and hasattr(getattr(m, n), "run")}
+    assert "wkv6_scan._scan_kernel" in kernels and kernels <= set(res["meta"]["stubbed"])
     assert [(r["route"], r["mode"]) for r in rows][1:] == [("eager", "fused"), ("custom_op", "fused"),
                                                            ("eager", "split"), ("custom_op", "split")]
     assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > r["fwd_ms"] for r in rows)
@@ -385,7 +405,7 @@ def test_bench_pinned_config_pins_every_tuner_and_restores_it():
     import wkv6_bench
     import wkv6_triton as T_
     tuners = wkv6_bench.tuners()
-    assert {'_wkv6_fwd_kernel', '_wkv6_bwd_kernel', '_out_fwd_kernel', '_scan_bwd_kernel'} <= set(tuners)
+    assert {'_wkv6_fwd_kernel', '_wkv6_bwd_kernel', '_out_fwd_kernel', '_scan_kernel'} <= set(tuners)
     check_against_reference(T_.wkv6_triton, 1, 20, 1, 16, 'real', seed=6)   # fills the tuning caches
     before = {k: (list(a.configs), dict(a.cache)) for k, a in tuners.items()}
     with pytest.raises(RuntimeError, match="inside"):
