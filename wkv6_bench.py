@@ -41,7 +41,7 @@ from wkv6_triton import _blocks, _chunk_len, _intra, _mode, wkv6_triton
 BENCH_SHAPES = [(32, 256, 4), (16, 1024, 8), (8, 4096, 32), (1, 16384, 4), (64, 256, 3),
                 (4, 4096, 3), (2, 8192, 3), (1, 16384, 3)]
 # extra Triton (BK, BV) splits tried per shape after the defaults, while time remains
-BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64'], 3: ['16,16', '32,16'],
+BENCH_VARIANTS = {0: ['64,32', '32,64'], 1: ['64,32', '32,64'], 2: ['64,32', '32,64', '32,32'], 3: ['16,16', '32,16'],
                   4: ['64,32']}
 
 
@@ -378,7 +378,8 @@ def bench(argv):
             if time.time() > deadline:
                 break
             os.environ['WKV6_TRITON_BLOCKS'] = var
-            one(si, 'triton', wkv6_triton, f'triton-fused[{var}]/levels', mode='fused', intra='levels')
+            for mode in want_modes:   # the chunk kernels' (BK, BV) in either schedule
+                one(si, 'triton', wkv6_triton, f'triton-{mode}[{var}]/levels', mode=mode, intra='levels')
     os.environ.pop('WKV6_TRITON_BLOCKS', None)
     # the auto schedule again, levels form, once per --levels_bts chunk length, per --scan_groups group (split
     # shapes only), then once per --tune config (every autotuned kernel pinned to it: the autotuner keeps only its

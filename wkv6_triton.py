@@ -398,13 +398,17 @@ def _out_bwd_kernel(r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_ps
 # ----------------------------------------------------------------------------------------------
 # launch helpers
 
-def _blocks(B, H, N):
-    """(BK, BV): key blocks of <= 64 keep the [16,16,BK] intra tile in registers; when B*H*NK
-    programs would leave most SMs idle (B=1 long-context), split the value dim too."""
+def _blocks(B, H, N, split=False):
+    """(BK, BV) of the chunk kernels: key blocks of <= 64 keep the [16,16,BK] intra tile in registers. The fused
+    schedule splits the value dim too when B*H*NK programs would leave most SMs idle (B=1 long-context); the split
+    schedule's chunk-parallel kernels have NT times more programs and keep whole value rows. WKV6_TRITON_BLOCKS
+    overrides either (e.g. '64,32'; the bench's variants)."""
     if os.environ.get('WKV6_TRITON_BLOCKS'):
         bk, bv = (int(x) for x in os.environ['WKV6_TRITON_BLOCKS'].split(','))
         return min(bk, N), min(bv, N)
     BK = min(N, 64)
+    if split:
+        return BK, N
     BV = N
     while B * H * (N // BK) * (N // BV) < 128 and BV > 16:
         BV //= 2
@@ -475,7 +479,7 @@ def _mode(B, H, T):
 def _fwd_impl(r, k, v, w, u, s0, save):
     B, T, H, N = r.shape
     split = _mode(B, H, T) == 'split'
-    BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
+    BK, BV = _blocks(B, H, N, split)
     NK, NV = N // BK, N // BV
     bt, intra = _chunk_len(), _intra()
     NT = _cdiv(T, bt)
@@ -503,7 +507,7 @@ def _fwd_impl(r, k, v, w, u, s0, save):
 def _bwd_impl(r, k, v, w, u, hbuf, gy, gsT):
     B, T, H, N = r.shape
     split = _mode(B, H, T) == 'split'
-    BK, BV = (min(N, 64), N) if split else _blocks(B, H, N)
+    BK, BV = _blocks(B, H, N, split)
     NK, NV = N // BK, N // BV
     bt, intra = _chunk_len(), _intra()
     NT = hbuf.shape[2]   # the forward's chunk count: its chunk length must still be in force

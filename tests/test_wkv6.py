@@ -133,10 +133,11 @@ def test_triton_key_value_split(mode, intra, monkeypatch):
     from wkv6_triton import wkv6_triton
     monkeypatch.setenv('WKV6_TRITON_MODE', mode)
     monkeypatch.setenv('WKV6_TRITON_INTRA', intra)
-    monkeypatch.setenv('WKV6_TRITON_BLOCKS', '16,16')       # fused: N=32 -> 2 key x 2 value blocks
+    monkeypatch.setenv('WKV6_TRITON_BLOCKS', '16,16')       # N=32 -> 2 key x 2 value blocks (either schedule)
     monkeypatch.setenv('WKV6_TRITON_SCAN_BLOCKS', '16,16')  # split: scan tiles 16x16
     check_against_reference(wkv6_triton, 1, 23, 1, 32, 'real', seed=7)
-    if mode == 'split':   # N=128: two key blocks in the chunk-parallel kernels (partial y, dv)
+    if mode == 'split':   # N=128, default blocks: two key blocks in the chunk-parallel kernels (partial y, dv)
+        monkeypatch.delenv('WKV6_TRITON_BLOCKS')
         check_against_reference(wkv6_triton, 1, 18, 1, 128, 'real', seed=8)
 
 
