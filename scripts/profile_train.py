@@ -40,6 +40,17 @@ def family(name):
     return next((f for f, pat in FAMILIES if re.search(pat, n)), "other")
 
 
+def op_shapes(prof, steps, cuda, n=25):
+    """--shapes=1: the ops (aten calls, extern kernels) by the GPU time of the kernels launched under them (on a CPU
+    run, by CPU time), per input shape: which tensors a copy or a cuDNN call works on. Nested ops overlap
+    (aten::conv1d contains aten::convolution); without CUDA graphs only (a graph replay launches no ops)."""
+    t = (lambda e: e.device_time_total) if cuda else (lambda e: e.cpu_time_total)
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if e.device_type == torch.autograd.DeviceType.CPU and t(e) > 0 and e.input_shapes]
+    return [dict(name=e.key[:120], input_shapes=str(e.input_shapes)[:240], ms_per_step=t(e) / 1000 / steps,
+                 calls_per_step=e.count / steps) for e in sorted(ops, key=lambda e: -t(e))[:n]]
+
+
 def summarize(prof, steps, step_s):
     events = prof.key_averages()
     # GPU-side user annotations (e.g. "Optimizer.step#AdamW.step", a range spanning the optimizer's kernels) are not
@@ -78,6 +89,7 @@ def main(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
     p.add_argument("--out", default="results")
+    p.add_argument("--shapes", type=int, default=0, help="1: also the ops by GPU time per input shape (op_shapes)")
     args, rest = p.parse_known_args(argv)
     files = [a for a in rest if not a.startswith("-")]
     if len(files) != 1:
@@ -88,10 +100,12 @@ def main(argv):
     device_type = "cuda" if str(cfg["device"]).startswith("cuda") else "cpu"
     data = bench.Data(cfg["data_dir"], cfg["dataset"], cfg["device"])
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device_type == "cuda" else [])
-    prof = torch.profiler.profile(activities=acts)
+    prof = torch.profiler.profile(activities=acts, record_shapes=bool(args.shapes))
     r = bench.measure_train(cfg, data, args.T, args.tokens_per_step // args.T, 1, args.steps, args.warmup, args.seed,
                             profiler=prof)
     summary = summarize(prof, args.steps, r["step_s"])
+    if args.shapes:
+        summary["op_shapes"] = op_shapes(prof, args.steps, device_type == "cuda")
     prov = provenance(cfg["device"])
     name = args.name or "profile_" + os.path.basename(files[0])[:-3]
     summary.update(device_name=prov["device_name"], config=files[0], T=args.T, batch_size=r["batch_size"],
@@ -112,6 +126,8 @@ def main(argv):
         print(f"[profile]   {f:<16} {v['ms_per_step']:8.3f} ms/step  {v['launches_per_step']:7.1f} launches/step")
     for k in summary["top_kernels"][:12]:
         print(f"[profile]   {k['ms_per_step']:8.3f} ms x{k['calls_per_step']:.0f} {k['name'][:100]}")
+    for o in summary.get("op_shapes", [])[:15]:
+        print(f"[profile]   op {o['ms_per_step']:8.3f} ms x{o['calls_per_step']:.0f} {o['name'][:40]} {o['input_shapes'][:90]}")
     return path
 
 

@@ -462,12 +462,15 @@ def test_profile_train_writes_a_results_file(tiny_data, tmp_path):
     import make_tables
     import profile_train
     path = profile_train.main(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}", "--dataset=stdlib_char",
-                               "--T=32", "--tokens_per_step=128", "--steps=2", "--warmup=1", f"--out={tmp_path}"])
+                               "--T=32", "--tokens_per_step=128", "--steps=2", "--warmup=1", f"--out={tmp_path}",
+                               "--shapes=1"])
     doc = json.load(open(path))
     s = doc["summary"]
     assert doc["what"] == "profile" and shlex.split(doc["command"])[1] == "scripts/profile_train.py"
     assert s["steps"] == 2 and len(doc["raw"]["step_s"]) == 2 and s["wall_ms_per_step_median"] > 0
     assert s["top_cpu_ops"] and s["kernel_launches_per_step"] == 0   # no GPU: no kernels, CPU ops only
+    # --shapes=1: ops per input shape (on a CPU by CPU time); the batch is 4 rows of T=32
+    assert s["op_shapes"] and any(o["name"].startswith("aten::") and "[4, 32" in o["input_shapes"] for o in s["op_shapes"])
     assert "### Profiles" in make_tables.render(str(tmp_path))
     names = {"void wkv6_v2_kown_kernel<__nv_bfloat16, 64, 4, true>(int)": "wkv", "nvjet_sm90_tst_192x128": "matmul",
              "triton_per_fused_add_mul_0": "inductor_triton", "ncclDevKernel_AllReduce": "nccl",
