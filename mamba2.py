@@ -57,6 +57,9 @@ def segsum(x):
     return xs.masked_fill(~strict.logical_or(torch.eye(T, dtype=torch.bool, device=x.device)), float("-inf"))
 
 
+SCAN_LOOP_MAX_CHUNKS = 16   # ssd_chunked's inter-chunk recurrence: a loop up to this many chunks, a matmul beyond
+
+
 def ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
     # autocast would run the einsums below in bf16, states and decay products included; keep the scan in fp32
     # (TF32 on tensor cores where allowed), as mamba-ssm keeps its states in fp32
@@ -95,13 +98,24 @@ def _ssd_chunked(x, dt, A, B, C, chunk, initial_state=None):
     # 2. each chunk's state contribution, decayed to the chunk end
     decay_to_end = torch.exp(Acs[..., -1:] - Acs)                 # exponents <= 0
     states = torch.einsum("bcjn,bhcj,bcjhp->bchpn", B, decay_to_end, X)
-    # 3. recurrence across chunks (tiny: c+1 states), starting from the initial state
-    s0 = (torch.zeros(b, 1, h, p, n, dtype=dtype, device=x.device) if initial_state is None
-          else initial_state.to(dtype)[:, None])
-    states = torch.cat([s0, states], dim=1)
-    decay_chunk = torch.exp(segsum(F.pad(Acs[..., -1], (1, 0))))  # [b,h,c+1,c+1]
-    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
-    states, final = states[:, :-1], states[:, -1]
+    # 3. recurrence across chunks, starting from the initial state: S_0 = s0, S_{z+1} = exp(A_z) S_z + states_z
+    s0 = (torch.zeros(b, h, p, n, dtype=dtype, device=x.device) if initial_state is None
+          else initial_state.to(dtype))
+    if c <= SCAN_LOOP_MAX_CHUNKS:
+        # a short loop of elementwise steps (torch.compile fuses them). The segsum product below is a batched matmul
+        # with K = c + 1: at gf_mh_8m's T=256 (c=4) it, its gradient and the permute copies around it took ~4.2 ms of
+        # a 27.3 ms H200 step (aten::bmm [384,5,5]x[384,5,4096], results/2026-12-03_profile_gf_mh_8m_T256_gate_sum_nograph.json)
+        decay = torch.exp(Acs[..., -1])                            # [b,h,c], exponents <= 0
+        entering = []
+        for z in range(c):
+            entering.append(s0)
+            s0 = torch.addcmul(states[:, z], decay[:, :, z, None, None], s0)
+        states, final = torch.stack(entering, dim=1), s0
+    else:   # long sequences: one matmul over the c+1 chunk states instead of c dependent steps
+        states = torch.cat([s0[:, None], states], dim=1)
+        decay_chunk = torch.exp(segsum(F.pad(Acs[..., -1], (1, 0))))  # [b,h,c+1,c+1]
+        states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
+        states, final = states[:, :-1], states[:, -1]
     # 4. the state entering each chunk, read out by C with the decay from the chunk start
     y = y + torch.einsum("bcin,bchpn,bhci->bcihp", C, states, torch.exp(Acs))
     return y.reshape(b, c * chunk, h, p)[:, :l], final

@@ -48,8 +48,11 @@ def test_segsum_definition():
             assert torch.equal(s[:, i, j], want) or torch.allclose(s[:, i, j], want, atol=1e-14)
 
 
+@pytest.mark.parametrize("loop_max", [16, 0])   # the inter-chunk recurrence as a loop (c <= 16) and as a matmul
 @pytest.mark.parametrize("l,with_state", [(37, True), (37, False), (16, True), (5, True)])
-def test_ssd_chunked_matches_naive_scan_fp64(l, with_state):
+def test_ssd_chunked_matches_naive_scan_fp64(l, with_state, loop_max, monkeypatch):
+    import mamba2
+    monkeypatch.setattr(mamba2, "SCAN_LOOP_MAX_CHUNKS", loop_max)
     g = torch.Generator().manual_seed(l)
     b, h, p, n, chunk = 2, 3, 4, 5, 8
     x = torch.randn(b, l, h, p, dtype=torch.float64, generator=g).requires_grad_()
