@@ -292,14 +292,7 @@ class Fusion(nn.Module):
             return (self.rwkv_gain * F.rms_norm(a, (a.size(-1),), None, NORM_EPS)
                     + self.mamba_gain * F.rms_norm(m, (m.size(-1),), None, NORM_EPS))
         if k in ("GF", "GF-MH", "GF-RH", "HGF"):
-            am = torch.cat([a, m], dim=-1)
-            if k == "HGF":
-                g = torch.sigmoid(self.gate(am))
-            else:   # one logit per token as a multiply-add reduction (fp32), not a 2d -> 1 matmul: cuBLAS ran that
-                # Linear's forward and backward as gemv / K=1 kernels, 1.7 ms of a 31 ms gf_mh_8m step on an H200
-                # (magma_sgemmEx + gemmSN, results/2026-12-03_profile_gf_mh_8m_T256_triton.json); same parameters
-                z = (_up(am) * _up(self.gate.weight[0])).sum(-1, keepdim=True) + _up(self.gate.bias)
-                g = torch.sigmoid(z).to(a.dtype)
+            g = torch.sigmoid(self.gate(torch.cat([a, m], dim=-1)))
             if collect is not None:
                 collect["gate"] = g.squeeze(-1) if k != "HGF" else g
             return torch.lerp(m, a, g)                  # g a + (1 - g) m, one op

@@ -337,25 +337,6 @@ def test_state_gradient_flows_through_carried_state():
             assert v.grad is not None and torch.isfinite(v.grad).all(), k
 
 
-def test_scalar_gate_is_the_linear_it_replaces():
-    """GF's per-token logit is a multiply-add reduction over the gate Linear's own parameters (no 2d -> 1 matmul):
-    output and gradients equal sigmoid(Linear([a; m])) in float64, with random (not zero-init) gate weights."""
-    from hybrid import Fusion
-    torch.manual_seed(0)
-    f = Fusion("GF", 8, 0.5).double()
-    with torch.no_grad():
-        f.gate.weight.normal_()
-    a, m = (torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    got = f(a, m)
-    ga = torch.autograd.grad(got.square().sum(), (a, m, f.gate.weight, f.gate.bias))
-    g = torch.sigmoid(f.gate(torch.cat([a, m], -1)))
-    want = g * a + (1 - g) * m
-    gw = torch.autograd.grad(want.square().sum(), (a, m, f.gate.weight, f.gate.bias))
-    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
-    for x, y in zip(ga, gw):
-        assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)
-
-
 @pytest.mark.parametrize("fusion", ["GF-MH", "HGF", "WS", "HY", "RWKV"])
 def test_introspect_returns_the_real_state(fusion):
     m = tiny(fusion)
