@@ -35,7 +35,7 @@ def main(argv):
     gy = torch.randn(b, l, h, p, device=dev, generator=g)
     gs = torch.randn(b, h, p, n, device=dev, generator=g)
     ins = (x, dt, A, B, C)
-    rows, ref = [], None
+    rows, ref, saved = [], None, mamba2.SCAN_LOOP_MAX_CHUNKS
     for form, loop_max in (('loop', 1 << 30), ('matmul', 0)):
         mamba2.SCAN_LOOP_MAX_CHUNKS = loop_max
         torch._dynamo.reset()
@@ -64,6 +64,7 @@ def main(argv):
             ts.append(e0.elapsed_time(e1))
         rows.append(dict(form=form, fwdbwd_median_ms=statistics.median(ts), fwdbwd_min_ms=min(ts),
                          max_rel_err_vs_loop=err))
+        mamba2.SCAN_LOOP_MAX_CHUNKS = saved
         print(f"{form:>7}: fwd+bwd {rows[-1]['fwdbwd_median_ms']:.3f} ms (min {min(ts):.3f}), max rel err vs loop {err:.1e}")
     res = dict(what='ssd_recurrence_bench', shape=dict(b=b, l=l, h=h, p=p, n=n, chunk=chunk, chunks=-(-l // chunk)),
                compiled=compiled, dtype='float32 (ssd_chunked runs outside autocast)', reps=reps, seeds=[0],

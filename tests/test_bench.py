@@ -477,3 +477,19 @@ def test_profile_train_writes_a_results_file(tiny_data, tmp_path):
              "void at::native::conv_depthwise2d_forward_kernel": "other", "_out_bwd_kernel": "wkv",
              "_scan_carry_kernel": "wkv", "_scan_kernel": "wkv", "_scan_fwd_kernel": "wkv", "_wkv6_fwd_kernel": "wkv", "triton_poi_fused_out_fwd_kernel_0": "inductor_triton"}
     assert {n: profile_train.family(n) for n in names} == names
+
+
+def test_ssd_bench_times_both_recurrence_forms(tmp_path):
+    """scripts/ssd_bench.py on a CPU (--device=cpu, eager): both forms of ssd_chunked's inter-chunk recurrence are
+    timed at one shape, agree with each other, and the module's threshold is restored afterwards."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import mamba2
+    import ssd_bench
+    before = mamba2.SCAN_LOOP_MAX_CHUNKS
+    ssd_bench.main(["--device=cpu", "--compile=0", "--b=1", "--l=40", "--h=2", "--p=4", "--n=4", "--chunk=8",
+                    "--reps=2", f"--out={tmp_path}"])
+    (path,) = [p for p in os.listdir(tmp_path) if p.endswith("_ssd_recurrence_bench.json")]
+    doc = json.load(open(os.path.join(tmp_path, path)))
+    assert [r["form"] for r in doc["results"]] == ["loop", "matmul"] and doc["shape"]["chunks"] == 5
+    assert all(r["fwdbwd_median_ms"] > 0 for r in doc["results"]) and doc["results"][1]["max_rel_err_vs_loop"] < 1e-5
+    assert mamba2.SCAN_LOOP_MAX_CHUNKS == before
