@@ -376,33 +376,40 @@ class Mamba2Mixer(nn.Module):
             _announce(path, self.conv_impl)
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, H], dim=-1)
         # depthwise causal conv over [window of K-1 past inputs ; this segment]
-        xBC = xBC.transpose(1, 2)
         # mamba-ssm's gated norm and causal_conv1d_fn are autograd Functions (graph breaks): under torch.compile the
         # mamba_ssm path takes only its SSD (custom ops) and the built-in norm and conv, which compile into the graph
         lib_eager = path == "mamba_ssm" and not torch.compiler.is_compiling()
         lib_conv = lib_eager and _LIB["conv"] is not None and state is None
-        if lib_conv:  # the state-free training call; the window is still returned (it is just the last inputs)
-            prev = xBC.new_zeros(Bsz, self.conv_dim, K - 1)
-            conv = _LIB["conv"](xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias, activation="silu")
-        else:
-            prev = state["conv"].to(xBC.dtype) if state is not None else xBC.new_zeros(Bsz, self.conv_dim, K - 1)
-        full = torch.cat([prev, xBC], dim=-1)
-        new_conv = full[..., full.size(-1) - (K - 1):]
-        if lib_conv:
-            conv = conv.transpose(1, 2)
-        elif self.conv_impl == "shift":
-            # the same correlation as K shifted multiply-adds on [B, T, C] rows: elementwise work that
-            # torch.compile fuses into one kernel (with the SiLU), where cuDNN's depthwise conv1d took 2.3 ms of a
-            # 37.7 ms gf_mh_8m step (results/2026-11-23_profile_gf_mh_8m_h200_graphs.json)
-            rows = full.transpose(1, 2)                                        # [B, T + K - 1, C]
+        if self.conv_impl == "shift" and not lib_conv:
+            # the same correlation as K shifted multiply-adds, in the in_proj's [B, T, C] row layout throughout:
+            # elementwise work that torch.compile fuses (with the SiLU), no transposes. cuDNN's depthwise conv1d and
+            # the copy making its input gradient contiguous took 3.3 ms of a 27.3 ms gf_mh_8m step on an H200
+            # (results/2026-12-03_profile_gf_mh_8m_T256_gate_sum_nograph.json). The earlier shift form went through
+            # the [B, C, T] window and read it transposed (0.9% faster than conv1d end to end).
+            prev = (state["conv"].to(xBC.dtype).transpose(1, 2) if state is not None
+                    else xBC.new_zeros(Bsz, K - 1, self.conv_dim))
+            rows = torch.cat([prev, xBC], dim=1)                                # [B, T + K - 1, C]
+            new_conv = rows[:, T:].transpose(1, 2)                              # the last K-1 inputs, [B, C, K-1]
             w = self.conv1d.weight[:, 0].to(rows.dtype)                         # [C, K]
             acc = self.conv1d.bias.to(rows.dtype) + rows[:, :T] * w[:, 0]
             for j in range(1, K):
                 acc = torch.addcmul(acc, rows[:, j:j + T], w[:, j])
             conv = F.silu(acc)
         else:
-            conv = F.silu(F.conv1d(full, self.conv1d.weight.to(full.dtype), self.conv1d.bias.to(full.dtype),
-                                   groups=self.conv_dim)).transpose(1, 2)
+            xBC = xBC.transpose(1, 2)
+            if lib_conv:  # the state-free training call; the window is still returned (it is just the last inputs)
+                prev = xBC.new_zeros(Bsz, self.conv_dim, K - 1)
+                conv = _LIB["conv"](xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                    activation="silu")
+            else:
+                prev = state["conv"].to(xBC.dtype) if state is not None else xBC.new_zeros(Bsz, self.conv_dim, K - 1)
+            full = torch.cat([prev, xBC], dim=-1)
+            new_conv = full[..., full.size(-1) - (K - 1):]
+            if lib_conv:
+                conv = conv.transpose(1, 2)
+            else:
+                conv = F.silu(F.conv1d(full, self.conv1d.weight.to(full.dtype), self.conv1d.bias.to(full.dtype),
+                                       groups=self.conv_dim)).transpose(1, 2)
         x, Bm, Cm = conv.split([self.d_inner, N, N], dim=-1)                    # conv [B, T, C]
         A = -torch.exp(_up(self.A_log))
         s0 = state["ssm"] if state is not None else None
