@@ -467,7 +467,9 @@ def _mode(B, H, T):
     T=256 1.32 / 1.74, B*H=256 at T=4096 15.5 / 17.9, but B*H=4 at T=16384 26.3 / 4.7: fused
     wherever B*H alone fills the GPU (>= 128 programs), split when it does not (between 4 and 128
     not measured). Those were the column form's; with the levels form (results/wkv6_bench_h200_run2.json)
-    B*H=128 at T=256 is 1.21 / 1.17 (split 3% faster), T=1024 1.78 / 2.06, B*H=256 at T=4096 9.89 / 10.97."""
+    B*H=128 at T=256 is 1.21 / 1.17 (split 3% faster), T=1024 1.78 / 2.06, B*H=256 at T=4096 9.89 / 10.97. With the
+    grouped scans (results/2026-12-03_wkv6_kernels_split_blocks_h200.json): 0.81 / 0.79, 1.40 / 1.87, 7.83 / 10.08,
+    and B*H=192 at T=256 0.86 / 1.17; the split's chunk-parallel backward alone is 6.0 ms at (8,4096,32)."""
     m = os.environ.get('WKV6_TRITON_MODE')
     if m is None:
         return 'fused' if B * H >= 128 else 'split'
