@@ -330,8 +330,10 @@ def render(results_dir):
     if rec:
         parts.append(recursive_section(rec))
     if docs:
+        # launcher_sha: the commit the launcher sent (LAB_GIT_SHA), where the box's own .git lagged behind its files
         parts.append("### Commands\n\n" + "\n".join(f"- {link(rel)}: `{d['command']}` (git {str(git_of(d).get('sha'))[:10]}"
-                                                  f"{', dirty tree' if git_of(d).get('dirty') else ''})"
+                                                  f"{', dirty tree' if git_of(d).get('dirty') else ''}"
+                                                  f"{'; launched from ' + git_of(d)['launcher_sha'] if git_of(d).get('launcher_sha') else ''})"
                                                   for rel, d in docs))
     else:
         parts.append("No results yet.")

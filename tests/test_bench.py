@@ -472,6 +472,9 @@ def test_profile_train_writes_a_results_file(tiny_data, tmp_path):
     # --shapes=1: ops per input shape (on a CPU by CPU time); the batch is 4 rows of T=32
     assert s["op_shapes"] and any(o["name"].startswith("aten::") and "[4, 32" in o["input_shapes"] for o in s["op_shapes"])
     assert "### Profiles" in make_tables.render(str(tmp_path))
+    doc["git"]["launcher_sha"] = "abc1234"   # the commit a device launcher sent (LAB_GIT_SHA): named in the command list
+    json.dump(doc, open(path, "w"))
+    assert "; launched from abc1234)" in make_tables.render(str(tmp_path))
     names = {"void wkv6_v2_kown_kernel<__nv_bfloat16, 64, 4, true>(int)": "wkv", "nvjet_sm90_tst_192x128": "matmul",
              "triton_per_fused_add_mul_0": "inductor_triton", "ncclDevKernel_AllReduce": "nccl",
              "void at::native::conv_depthwise2d_forward_kernel": "other", "_out_bwd_kernel": "wkv",
