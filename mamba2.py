@@ -383,7 +383,7 @@ class Mamba2Mixer(nn.Module):
         if self.conv_impl == "shift" and not lib_conv:
             # the same correlation as K shifted multiply-adds, in the in_proj's [B, T, C] row layout throughout:
             # elementwise work that torch.compile fuses (with the SiLU), no transposes. cuDNN's depthwise conv1d and
-            # the copy making its input gradient contiguous took 3.3 ms of a 27.3 ms gf_mh_8m step on an H200
+            # the copy making its output gradient contiguous took 3.3 ms of a 27.3 ms gf_mh_8m step on an H200
             # (results/2026-12-03_profile_gf_mh_8m_T256_gate_sum_nograph.json). The earlier shift form went through
             # the [B, C, T] window and read it transposed (0.9% faster than conv1d end to end).
             prev = (state["conv"].to(xBC.dtype).transpose(1, 2) if state is not None
