@@ -21,6 +21,7 @@ import types
 from typing import Optional
 
 import torch
+import torch._functorch.config as _functorch_config
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -35,6 +36,14 @@ NORM_EPS = 1e-5
 def _up(t):
     """At least fp32 (fp64 stays fp64 for the float64 reference checks)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+# torch.compile traces each backward graph under the forward's ambient autocast by default
+# (torch._functorch.config.backward_pass_autocast = "same_as_forward"), autocast-disabled regions included: the
+# gradients of ssd_chunked's fp32 region then ran as bf16 matmuls under compile, 3e-3 relative error against 1e-7 in
+# eager (tests/test_hybrid.py). "off" traces backward graphs as eager autograd runs them, in the dtypes the forward
+# saved; the autocast regions of a model elsewhere in the process are unchanged (their casts are in the forward).
+_functorch_config.backward_pass_autocast = "off"
 
 
 def no_autocast(device_type):

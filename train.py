@@ -126,6 +126,16 @@ def stop_all(msg, code):
         globals().pop("model", None)
         gc.collect()
         dist.destroy_process_group()
+        # ...and a rank still aborted that way under load (a CI run sharing its 2 cores with two other test suites:
+        # rank 1 exit -6 after "done"), from C++ destructors at interpreter shutdown. So a DDP rank leaves without
+        # them: everything it writes is closed by now (metrics log, plot) or here.
+        if master and tensorboard_log:
+            tb.close()
+        if master and wandb_log:
+            wandb.finish()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
 
 

@@ -78,6 +78,33 @@ def test_ssd_chunked_matches_naive_scan_fp64(l, with_state, loop_max, monkeypatc
         assert rel(a_, b_) < 1e-10
 
 
+def test_ssd_gradients_stay_fp32_under_compile_and_autocast():
+    """ssd_chunked runs its scan in fp32 with autocast off; torch.compile must keep the backward in fp32 too (by
+    default it traces the backward under the ambient bf16 autocast: 3e-3 gradient error; mamba2 sets
+    backward_pass_autocast='off'). Compiled under CPU bf16 autocast (aot_eager: the backward graph is AOTAutograd's,
+    the same one inductor compiles), every gradient is within fp32 rounding of the float64 naive scan; with the
+    default setting the same check fails at 3.8e-3."""
+    import torch._functorch.config as fc
+    assert fc.backward_pass_autocast == "off"
+    g = torch.Generator().manual_seed(11)
+    b, l, h, p, n = 1, 64, 2, 8, 8
+    x = torch.randn(b, l, h, p, generator=g).requires_grad_()
+    dt = torch.nn.functional.softplus(torch.randn(b, l, h, generator=g)).requires_grad_()
+    A = (-torch.rand(h, generator=g) * 4 - 0.1).requires_grad_()
+    B, C = (torch.randn(b, l, n, generator=g).requires_grad_() for _ in range(2))
+    gy, gs = torch.randn(b, l, h, p, generator=g), torch.randn(b, h, p, n, generator=g)
+    ins = (x, dt, A, B, C)
+    yn, sn = ssd_naive(*(t.double() for t in ins))
+    want = torch.autograd.grad((yn * gy.double()).sum() + (sn * gs.double()).sum(), ins)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, s = torch.compile(ssd_chunked, backend="aot_eager")(*ins, 16)   # AOTAutograd traces the backward
+    got = torch.autograd.grad((y * gy).sum() + (s * gs).sum(), ins)
+    assert y.dtype == torch.float32 and rel(y.double(), yn) < 1e-5
+    for a_, b_ in zip(got, want):
+        assert rel(a_.double(), b_) < 1e-5
+
+
 def test_ssd_strong_decay_is_finite():
     # dt*A down to -200 per step: the chunked form must not form positive exponents (no inf/nan)
     b, l, h, p, n = 1, 24, 2, 3, 4
