@@ -406,16 +406,12 @@ class Mamba2Mixer(nn.Module):
             conv = F.silu(acc)
         else:
             xBC = xBC.transpose(1, 2)
-            if lib_conv:  # the state-free training call; the window is still returned (it is just the last inputs)
-                prev = xBC.new_zeros(Bsz, self.conv_dim, K - 1)
-                conv = _LIB["conv"](xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                                    activation="silu")
-            else:
-                prev = state["conv"].to(xBC.dtype) if state is not None else xBC.new_zeros(Bsz, self.conv_dim, K - 1)
+            prev = state["conv"].to(xBC.dtype) if state is not None else xBC.new_zeros(Bsz, self.conv_dim, K - 1)
             full = torch.cat([prev, xBC], dim=-1)
             new_conv = full[..., full.size(-1) - (K - 1):]
-            if lib_conv:
-                conv = conv.transpose(1, 2)
+            if lib_conv:  # the state-free training call (prev is the zero window); the window is still returned
+                conv = _LIB["conv"](xBC.contiguous(), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                    activation="silu").transpose(1, 2)
             else:
                 conv = F.silu(F.conv1d(full, self.conv1d.weight.to(full.dtype), self.conv1d.bias.to(full.dtype),
                                        groups=self.conv_dim)).transpose(1, 2)

@@ -159,25 +159,23 @@ def pinned_config(tune):
 
 
 @contextlib.contextmanager
+def _env_rerun(var, value, tag):
+    """One environment variable set for a rerun of the auto schedule, removed on exit. Yields the label suffix."""
+    os.environ[var] = str(value)
+    try:
+        yield tag
+    finally:
+        os.environ.pop(var, None)
+
+
 def levels_chunk(bt):
-    """The levels form on bt-token chunks (WKV6_TRITON_LEVELS_BT), restored on exit (--levels_bts). Yields the label
-    suffix."""
-    os.environ['WKV6_TRITON_LEVELS_BT'] = str(bt)
-    try:
-        yield f'bt{bt}'
-    finally:
-        os.environ.pop('WKV6_TRITON_LEVELS_BT', None)
+    """The levels form on bt-token chunks (WKV6_TRITON_LEVELS_BT; --levels_bts)."""
+    return _env_rerun('WKV6_TRITON_LEVELS_BT', bt, f'bt{bt}')
 
 
-@contextlib.contextmanager
 def scan_group(g):
-    """The split schedule's state scans in groups of g chunks (WKV6_TRITON_SCAN_GROUP), restored on exit
-    (--scan_groups). Yields the label suffix."""
-    os.environ['WKV6_TRITON_SCAN_GROUP'] = str(g)
-    try:
-        yield f'g{g}'
-    finally:
-        os.environ.pop('WKV6_TRITON_SCAN_GROUP', None)
+    """The split schedule's state scans in groups of g chunks (WKV6_TRITON_SCAN_GROUP; --scan_groups)."""
+    return _env_rerun('WKV6_TRITON_SCAN_GROUP', g, f'g{g}')
 
 
 def bench(argv):

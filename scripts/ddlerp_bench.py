@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from metrics import provenance  # noqa: E402
+from wkv6_bench import _time_ms  # noqa: E402
 
 
 def bmm(x, w2):       # x [R, 5*L], w2 [5, L, C] -> [5, R, C]
@@ -62,16 +63,7 @@ def main(argv):
             if ref is None:
                 ref = got
             err = [((a - b).norm() / b.norm()).item() for a, b in zip(got, ref)]
-            for _ in range(5):
-                call()
-            ts = []
-            for _ in range(reps):
-                e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                e0.record()
-                call()
-                e1.record()
-                torch.cuda.synchronize()
-                ts.append(e0.elapsed_time(e1))
+            ts = _time_ms(call, reps, warmup=5)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 call()
                 torch.cuda.synchronize()

@@ -113,6 +113,13 @@ def git_of(doc):
     return (runs[0].get("provenance") or {}).get("git", {}) if runs else {}
 
 
+def commit(git):
+    """'git SHA[, dirty tree][; launched from SHA]': launcher_sha is the commit a device launcher sent (LAB_GIT_SHA),
+    where the box's own .git lagged behind its files."""
+    return (f"git {str(git.get('sha'))[:10]}{', dirty tree' if git.get('dirty') else ''}"
+            f"{'; launched from ' + git['launcher_sha'] if git.get('launcher_sha') else ''}")
+
+
 def gates_section(results_dir, gates):
     """gates.py --summarize's tables as they came back (one results column added), the non-PASS rows of every run,
     and the report PNGs that came back beside the file."""
@@ -330,10 +337,7 @@ def render(results_dir):
     if rec:
         parts.append(recursive_section(rec))
     if docs:
-        # launcher_sha: the commit the launcher sent (LAB_GIT_SHA), where the box's own .git lagged behind its files
-        parts.append("### Commands\n\n" + "\n".join(f"- {link(rel)}: `{d['command']}` (git {str(git_of(d).get('sha'))[:10]}"
-                                                  f"{', dirty tree' if git_of(d).get('dirty') else ''}"
-                                                  f"{'; launched from ' + git_of(d)['launcher_sha'] if git_of(d).get('launcher_sha') else ''})"
+        parts.append("### Commands\n\n" + "\n".join(f"- {link(rel)}: `{d['command']}` ({commit(git_of(d))})"
                                                   for rel, d in docs))
     else:
         parts.append("No results yet.")

@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mamba2  # noqa: E402
 from metrics import provenance  # noqa: E402
+from wkv6_bench import _host_ms, _time_ms  # noqa: E402
 
 
 def main(argv):
@@ -36,36 +37,30 @@ def main(argv):
     gs = torch.randn(b, h, p, n, device=dev, generator=g)
     ins = (x, dt, A, B, C)
     rows, ref, saved = [], None, mamba2.SCAN_LOOP_MAX_CHUNKS
-    for form, loop_max in (('loop', 1 << 30), ('matmul', 0)):
-        mamba2.SCAN_LOOP_MAX_CHUNKS = loop_max
-        torch._dynamo.reset()
-        fn = torch.compile(mamba2.ssd_chunked) if compiled else mamba2.ssd_chunked
+    try:
+        for form, loop_max in (('loop', 1 << 30), ('matmul', 0)):
+            mamba2.SCAN_LOOP_MAX_CHUNKS = loop_max
+            torch._dynamo.reset()
+            fn = torch.compile(mamba2.ssd_chunked) if compiled else mamba2.ssd_chunked
 
-        def call():
-            y, s = fn(x, dt, A, B, C, chunk)
-            return (y, s) + torch.autograd.grad((y * gy).sum() + (s * gs).sum(), ins)
-        got = call()
-        ref = got if ref is None else ref
-        err = max(((a - r).norm() / r.norm()).item() for a, r in zip(got, ref))
-        for _ in range(5):
-            call()
-        ts = []
-        for _ in range(reps):
-            if dev != 'cuda':   # a CPU smoke run (--device=cpu): perf_counter
-                t0 = time.perf_counter()
-                call()
-                ts.append((time.perf_counter() - t0) * 1e3)
-                continue
-            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            e0.record()
-            call()
-            e1.record()
-            torch.cuda.synchronize()
-            ts.append(e0.elapsed_time(e1))
-        rows.append(dict(form=form, fwdbwd_median_ms=statistics.median(ts), fwdbwd_min_ms=min(ts),
-                         max_rel_err_vs_loop=err))
+            def call():
+                y, s = fn(x, dt, A, B, C, chunk)
+                return (y, s) + torch.autograd.grad((y * gy).sum() + (s * gs).sum(), ins)
+            got = call()
+            ref = got if ref is None else ref
+            err = max(((a - r).norm() / r.norm()).item() for a, r in zip(got, ref))
+            if dev == 'cuda':
+                ts = _time_ms(call, reps, warmup=5)
+            else:   # a CPU smoke run (--device=cpu): perf_counter per call
+                for _ in range(5):
+                    call()
+                ts = _host_ms(call, reps, sync=lambda: None)
+            rows.append(dict(form=form, fwdbwd_median_ms=statistics.median(ts), fwdbwd_min_ms=min(ts),
+                             max_rel_err_vs_loop=err))
+            print(f"{form:>7}: fwd+bwd {rows[-1]['fwdbwd_median_ms']:.3f} ms (min {min(ts):.3f}), "
+                  f"max rel err vs loop {err:.1e}")
+    finally:
         mamba2.SCAN_LOOP_MAX_CHUNKS = saved
-        print(f"{form:>7}: fwd+bwd {rows[-1]['fwdbwd_median_ms']:.3f} ms (min {min(ts):.3f}), max rel err vs loop {err:.1e}")
     res = dict(what='ssd_recurrence_bench', shape=dict(b=b, l=l, h=h, p=p, n=n, chunk=chunk, chunks=-(-l // chunk)),
                compiled=compiled, dtype='float32 (ssd_chunked runs outside autocast)', reps=reps, seeds=[0],
                created_utc=time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime()), results=rows,
