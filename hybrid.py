@@ -57,7 +57,7 @@ HYBRID_CONFIG = dict(
     mamba_lr_mult=1.0,    # lr multiplier for every parameter of the Mamba branch
     wkv_backend="auto",   # passed to wkv6(): auto | cuda | triton | torch (see wkv6.py)
     mamba_backend="auto", # auto (mamba-ssm on CUDA when importable) | mamba_ssm | torch (built-in SSD)
-    mamba_conv="conv1d",  # built-in path's depthwise causal conv: conv1d (F.conv1d) | shift (K shifted multiply-adds)
+    mamba_conv="shift",   # built-in path's depthwise causal conv: shift (K shifted multiply-adds) | conv1d (F.conv1d)
 )
 
 FUSIONS = ("HY", "GF", "GF-MH", "GF-RH", "CP", "WS", "RF", "HGF", "RWKV", "MAMBA")

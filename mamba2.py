@@ -283,7 +283,7 @@ def resolve_backend(backend, device, compiling=False):
     return "mamba_ssm" if lib_ok else "torch"
 
 
-def describe_backend(path, conv="conv1d", compiled=False):
+def describe_backend(path, conv="shift", compiled=False):
     if path == "mamba_ssm":
         lib_conv = _LIB and _LIB["conv"] is not None and not compiled
         used = "causal_conv1d_fn" if lib_conv else "torch conv1d" if conv == "conv1d" else "shift-add conv"
@@ -292,7 +292,7 @@ def describe_backend(path, conv="conv1d", compiled=False):
     return "torch (built-in chunked SSD)" + ("" if conv == "conv1d" else " + shift-add conv")
 
 
-def _announce(path, conv="conv1d"):
+def _announce(path, conv="shift"):
     what = describe_backend(path, conv)   # printed in eager mode only (a print inside a trace is a graph break)
     if what not in _PRINTED:
         _PRINTED.add(what)
@@ -312,7 +312,7 @@ class Mamba2Mixer(nn.Module):
     """Mamba-2 mixer. forward(u [B,T,d], state) -> (out [B,T,d], state); state = {'ssm': [B,H,P,N] fp32,
     'conv': [B, d_inner + 2N, d_conv - 1]} or None for zeros. T == 1 takes the recurrent step (O(1) per token)."""
 
-    def __init__(self, d_model, d_inner, d_state=64, d_conv=4, headdim=64, chunk=64, backend="auto", conv="conv1d"):
+    def __init__(self, d_model, d_inner, d_state=64, d_conv=4, headdim=64, chunk=64, backend="auto", conv="shift"):
         super().__init__()
         if conv not in ("conv1d", "shift"):
             raise ValueError(f"mamba_conv={conv!r}: use conv1d or shift")
@@ -394,7 +394,8 @@ class Mamba2Mixer(nn.Module):
             # elementwise work that torch.compile fuses (with the SiLU), no transposes. cuDNN's depthwise conv1d and
             # the copy making its output gradient contiguous took 3.3 ms of a 27.3 ms gf_mh_8m step on an H200
             # (results/2026-12-03_profile_gf_mh_8m_T256_gate_sum_nograph.json). The earlier shift form went through
-            # the [B, C, T] window and read it transposed (0.9% faster than conv1d end to end).
+            # the [B, C, T] window and read it transposed (0.9% faster than conv1d end to end); this one is 7.6% faster
+            # (results/2026-12-03_hybrid_speed_run3.json), hence the default.
             prev = (state["conv"].to(xBC.dtype).transpose(1, 2) if state is not None
                     else xBC.new_zeros(Bsz, K - 1, self.conv_dim))
             rows = torch.cat([prev, xBC], dim=1)                                # [B, T + K - 1, C]

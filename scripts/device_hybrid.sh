@@ -16,7 +16,7 @@
 #   bash scripts/device_hybrid.sh --smoke [--quality ...] CORPUS OUT_DIR             (CPU, tiny models: tests it)
 # CORPUS is tinyshakespeare.txt (prepared here as shakespeare_char). Environment:
 #   PYTHON (python3); TOTAL_BUDGET (s, 540): the command's own deadline; RESERVE (s, 30) kept for the summaries.
-#   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256; " " = none, only the GPT at T=256), MAMBA_CONVS ("conv1d", or "conv1d shift":
+#   speed: VARIANTS ("cuda triton": the hybrid's WKV backends at T=256; " " = none, only the GPT at T=256), MAMBA_CONVS ("shift", or "shift conv1d":
 #   each variant with both depthwise convs, side by side), MAMBA_BACKENDS ("auto", or "auto mamba_ssm": also with
 #   mamba-ssm's chunked SSD, traced as custom ops; needs the mamba-ssm wheel on PYTHONPATH), HYBRID_EXTRA (";"-separated
 #   bench.py options, each one more hybrid measurement at T=256, e.g. "--ssd_chunk=32;--ssd_chunk=128"), TLONG ("4096 16384",
@@ -204,12 +204,12 @@ B=("$repo/bench.py" "${tiny[@]}" "${bargs[@]}" --out=parts)
 # most important first: the T=256 ratio, then generation, then long T; each measurement is capped (seconds)
 measure gpt_T$T0 150 $PY "${B[@]}" config/gpt_8m.py --T=$T0 --name=gpt_8m_T$T0
 for v in "${VARIANTS[@]}"; do
-  for cv in ${MAMBA_CONVS:-conv1d}; do  # MAMBA_CONVS="conv1d shift": the built-in SSD's two depthwise convs
+  for cv in ${MAMBA_CONVS:-shift}; do  # MAMBA_CONVS="shift conv1d": the built-in SSD's two depthwise convs
    for mb in ${MAMBA_BACKENDS:-auto}; do  # MAMBA_BACKENDS="auto mamba_ssm": + mamba-ssm's SSD as custom ops
    IFS=';' read -r -a extras <<< "${HYBRID_EXTRA:-}"; [ ${#extras[@]} = 0 ] && extras=("")
    for ex in "${extras[@]}"; do  # HYBRID_EXTRA="--ssd_chunk=32;--ssd_chunk=128": each a measurement of its own
     exsfx=$(echo "$ex" | tr -c 'A-Za-z0-9\n' '_' | sed 's/^_*//; s/_*$//')
-    sfx=$([ "$cv" = conv1d ] || echo "_$cv")$([ "$mb" = auto ] || echo "_$mb")${exsfx:+_$exsfx}
+    sfx=$([ "$cv" = shift ] || echo "_$cv")$([ "$mb" = auto ] || echo "_$mb")${exsfx:+_$exsfx}
     mbarg=(); [ "$mb" = auto ] || mbarg=(--mamba_backend=$mb)
     [ -n "$ex" ] && read -r -a exargs <<< "$ex" && mbarg+=("${exargs[@]}")
     measure gf_mh_T${T0}_wkv_$v$sfx 210 $PY "${B[@]}" config/gf_mh_8m.py --T=$T0 --wkv_backend=$v \

@@ -75,7 +75,7 @@ def test_device_hybrid_speed_smoke(tmp_path):
     out = tmp_path / "out"
     p = run_script(["scripts/device_hybrid.sh", "--smoke", str(corpus(tmp_path)), str(out)],
                    # the hybrid with both depthwise convs, side by side, and once more with an extra option
-                   env=dict(MAMBA_CONVS="conv1d shift", HYBRID_EXTRA="--ssd_chunk=8"))
+                   env=dict(MAMBA_CONVS="shift conv1d", HYBRID_EXTRA="--ssd_chunk=8"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     files = flat_results(out)
     assert len(files) == 2
@@ -85,12 +85,12 @@ def test_device_hybrid_speed_smoke(tmp_path):
     assert speed["what"] == "train" and speed["schema"] == bench.SCHEMA
     assert all(m["outcome"] == "ok" for m in s["measurements"]) and len(s["measurements"]) == 4
     tok = {r["measurement"]: r["tok_s_median"] for r in s["rows"]}
-    assert set(tok) == {"gpt_8m_T16", "gf_mh_8m_T16_wkv_torch_ssd_chunk_8", "gf_mh_8m_T16_wkv_torch_shift_ssd_chunk_8"}
+    assert set(tok) == {"gpt_8m_T16", "gf_mh_8m_T16_wkv_torch_ssd_chunk_8", "gf_mh_8m_T16_wkv_torch_conv1d_ssd_chunk_8"}
     ssd = "torch (built-in chunked SSD)"
     ratios = {r["measurement"]: r for r in s["hybrid_vs_gpt"]}   # one per hybrid measurement, none overwritten
-    assert {n: r["mamba"] for n, r in ratios.items()} == {"gf_mh_8m_T16_wkv_torch_ssd_chunk_8": ssd,
-                                                           "gf_mh_8m_T16_wkv_torch_shift_ssd_chunk_8":
-                                                               ssd + " + shift-add conv"}
+    assert {n: r["mamba"] for n, r in ratios.items()} == {"gf_mh_8m_T16_wkv_torch_conv1d_ssd_chunk_8": ssd,
+                                                           "gf_mh_8m_T16_wkv_torch_ssd_chunk_8":
+                                                               ssd + " + shift-add conv"}  # shift: the default
     for n, r in ratios.items():
         assert r["T"] == 16 and r["wkv"] == "torch" and r["ratio"] == pytest.approx(tok[n] / tok["gpt_8m_T16"])
     assert len(speed["commands"]) == 3 and all(shlex.split(c)[1] == "bench.py" for c in speed["commands"])

@@ -162,7 +162,7 @@ def test_auto_mamba_path_is_the_built_in_ssd_under_compile(monkeypatch):
     assert mamba2.resolve_backend("auto", torch.device("cpu")) == "torch"
     m = tiny("GF-MH", wkv_backend="torch")
     assert m.backends("cuda")["mamba"].startswith("mamba_ssm")
-    assert m.backends("cuda", compiled=True)["mamba"] == "torch (built-in chunked SSD)"
+    assert m.backends("cuda", compiled=True)["mamba"] == "torch (built-in chunked SSD) + shift-add conv"
 
 
 def test_cuda_graph_decoding_off_cuda_is_one_clear_error():
