@@ -36,9 +36,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    # On a CUDA machine without WKV_TEST_GPU=1 the Triton interpreter is on (for the CPU tests), and a GPU test's
+    # kernels would fail inside it with interpreter errors that look like real failures: skip them, naming the fix
+    skip = pytest.mark.skip(reason="needs a CUDA device" if not torch.cuda.is_available() else
+                            "the Triton interpreter is on (CPU tests): run GPU tests with WKV_TEST_GPU=1")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
