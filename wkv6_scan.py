@@ -18,10 +18,11 @@ import triton.language as tl
 
 
 def _configs(pairs):
-    # WKV6_TRITON_AUTOTUNE=0 keeps the first config (fast compiles in tests); the conftest patch
-    # does the same under the CPU interpreter. First = the best guess from ptxas reports (sm_90):
-    # 8 warps keep the chunk kernels' [BT, BK] tiles in registers (4 warps spill in the backward).
-    cfgs = [triton.Config({}, num_warps=nw, num_stages=ns) for nw, ns in pairs]
+    # (num_warps, num_stages[, maxnreg]). WKV6_TRITON_AUTOTUNE=0 keeps the first config (fast compiles in tests); the
+    # conftest patch does the same under the CPU interpreter. First = the best guess from ptxas reports (sm_90):
+    # 8 warps keep the chunk kernels' [BT, BK] tiles in registers (4 warps spill in the backward). maxnreg caps the
+    # registers per thread (ptxas spills the rest) so that more programs share an SM.
+    cfgs = [triton.Config({}, num_warps=p[0], num_stages=p[1], maxnreg=p[2] if len(p) > 2 else None) for p in pairs]
     return cfgs[:1] if os.environ.get('WKV6_TRITON_AUTOTUNE', '1') == '0' else cfgs
 
 

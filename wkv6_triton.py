@@ -374,7 +374,15 @@ def _out_fwd_kernel(r, k, v, w, u, hbuf, y, T, y_pstride, NT, H: tl.constexpr, N
     _chunk_y(cc, b_S, r, k, v, w, y, T, y_pstride, i_k, i_v, base, b_u, H, N, BT, BK, BV, PREC, INTRA)
 
 
-@triton.autotune(configs=_configs([(8, 1), (16, 1)]), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
+# At 8 warps and 255 registers per thread one program fills an SM's register file (8 of its 64 warp slots), and the
+# split schedule's chunk-parallel backward was 6.0 of its 10.1 ms at (8,4096,32) (results/2026-12-03_wkv6_kernels_
+# split_blocks_h200.json). Capped at 128 registers ptxas spills 260 B per thread at 8 warps (16 B uncapped) and two
+# programs fit per SM, four at 4 warps (scripts/wkv6_ptxas.py --only=chunk_bwd --maxnreg=128). The autotuner times
+# the capped configs next to the others; which one wins on a GPU is not measured yet.
+OUT_BWD_CONFIGS = [(8, 1), (16, 1), (8, 1, 128), (4, 1, 128)]   # (num_warps, num_stages[, maxnreg])
+
+
+@triton.autotune(configs=_configs(OUT_BWD_CONFIGS), key=['N', 'BK', 'BV', 'PREC', 'INTRA'])
 @triton.jit(do_not_specialize=['T', 'kv_pstride', 'v_pstride', 'NT'])
 def _out_bwd_kernel(r, k, v, w, u, hbuf, dhbuf, gy, dr, dk, dv, dw, du, T, kv_pstride, v_pstride, NT,
                     H: tl.constexpr, N: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,

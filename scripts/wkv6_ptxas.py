@@ -1,13 +1,14 @@
 """Registers, spills and instruction counts of the Triton WKV-6 chunk kernels for sm_90, without a GPU.
 
-    python scripts/wkv6_ptxas.py [--warps=8] [--bk=64] [--bv=64] [--bt=16] [--only=chunk_bwd,...]
+    python scripts/wkv6_ptxas.py [--warps=8] [--bk=64] [--bv=64] [--bt=16] [--maxnreg=R] [--only=chunk_bwd,...]
 
 Compiles the four chunk kernels (fused forward/backward, chunk-parallel forward/backward) for each intra form
 (columns, levels), and the split schedule's state scans (wkv6_scan.py: grouped forward and backward, one pass
 backward, the carry and fix-up kernels; BV=16 as at B*H <= 4) once, with triton.compile for an sm_90 target, assembles the PTX with the ptxas that ships in Triton's
 wheel (`-v`: registers, spill bytes) and counts the SASS instructions and barriers with its cuobjdump. Static counts,
 not timings: they say whether tiles stay in registers and how much code a chunk runs, not how fast it is. bf16
-inputs (tf32 dots), N=64, BK=BV=64 unless given; --bt applies to the levels form (the column form is always 16-token chunks).
+inputs (tf32 dots), N=64, BK=BV=64 unless given; --bt applies to the levels form (the column form is always 16-token chunks);
+--maxnreg caps the registers per thread as a triton.Config(maxnreg=) does (the chunk kernels only).
 """
 import argparse
 import os
@@ -45,12 +46,12 @@ def jit_fn(kernel):
     return kernel
 
 
-def report(kernel, constexprs, warps, tmp):
+def report(kernel, constexprs, warps, tmp, maxnreg=None):
     fn = jit_fn(kernel)
     sig = {p.name: "constexpr" if p.is_constexpr else ("i32" if p.name in SCALARS else
                                                        "*bf16" if p.name in BF16 else "*fp32") for p in fn.params}
     compiled = triton.compile(ASTSource(fn, signature=sig, constexprs=constexprs),
-                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1))
+                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1, maxnreg=maxnreg))
     ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
     with open(ptx, "w") as f:
         f.write(compiled.asm["ptx"])
@@ -70,9 +71,11 @@ def main(argv):
     ap.add_argument("--bk", type=int, default=64)
     ap.add_argument("--bv", type=int, default=64)
     ap.add_argument("--bt", type=int, default=16, help="chunk length of the levels form (16, 32, 64)")
+    ap.add_argument("--maxnreg", type=int, default=None, help="register cap per thread for the chunk kernels")
     ap.add_argument("--only", default="", help="comma-separated kernel names (default: all)")
     a = ap.parse_args(argv)
-    print(f"sm_90, {a.warps} warps, N=64, BK={a.bk}, BV={a.bv}, bf16 (tf32 dots); triton {triton.__version__}")
+    print(f"sm_90, {a.warps} warps, N=64, BK={a.bk}, BV={a.bv}, bf16 (tf32 dots), maxnreg {a.maxnreg}; "
+          f"triton {triton.__version__}")
     print(f"{'kernel':<10} {'intra':<8} {'BT':>3} {'regs':>5} {'spill B':>8} {'SASS':>7} {'barriers':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for intra, bt in ((0, W.BT_DEFAULT), (1, a.bt)):
@@ -80,7 +83,7 @@ def main(argv):
                 if a.only and name not in a.only.split(","):
                     continue
                 c = dict(H=4, N=64, BT=bt, BK=a.bk, BV=a.bv, PREC="tf32", INTRA=intra, **extra)
-                r = report(kern, c, a.warps, tmp)
+                r = report(kern, c, a.warps, tmp, a.maxnreg)
                 print(f"{name:<10} {('columns', 'levels')[intra]:<8} {bt:>3} {r['regs']:>5} {r['spill']:>8} "
                       f"{r['sass']:>7} {r['barriers']:>9}", flush=True)
         for name, kern, c in SCANS:

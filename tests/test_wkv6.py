@@ -329,6 +329,22 @@ def test_ptxas_report_compiles_the_chunk_kernels_for_sm90():
     assert rows["levels"][2] < rows["columns"][2] and rows["levels"][3] < rows["columns"][3], rows
 
 
+def test_chunk_backward_register_cap_holds_for_sm90():
+    """The split schedule's chunk-parallel backward is autotuned over register-capped configs too (maxnreg=128: two
+    8-warp programs per SM instead of one): the cap reaches ptxas, and the capped kernel still compiles."""
+    from wkv6_triton import OUT_BWD_CONFIGS, _configs
+    cfgs = _configs(OUT_BWD_CONFIGS)   # the autotuner's list (the interpreter's patch trims the live one)
+    assert len(cfgs) == len(OUT_BWD_CONFIGS) and cfgs[0].maxnreg is None    # the first (tests, AUTOTUNE=0): uncapped
+    assert sorted({c.maxnreg for c in cfgs if c.maxnreg}) == [128]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wkv6_ptxas.py"), "--only=chunk_bwd",
+                          "--maxnreg=128"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {ln.split()[1]: [int(x) for x in ln.split()[3:]] for ln in out.stdout.splitlines()
+            if ln.startswith("chunk_bwd")}   # intra -> [regs, spill bytes, SASS, barriers]
+    assert set(rows) == {"columns", "levels"} and all(0 < r[0] <= 128 for r in rows.values()), out.stdout
+
+
 def test_ptxas_compiles_the_state_scans_for_sm90():
     """The split schedule's state scans (wkv6_scan.py: grouped forward and backward, one pass, carry, fix-up) compile
     for sm_90 without spills: the CPU interpreter checks their arithmetic, this checks that the same source is also
