@@ -16,7 +16,8 @@ train     tokens/s of the optimizer step loop train.py runs (forward + backward 
           window). No eval, no checkpointing. `warmup` steps (compilation, autotuning, allocator growth) are run
           and discarded, then `steps` steps are timed one by one: on CUDA with events recorded between steps (no
           sync inside the window, so the host/device overlap train.py gets is kept), on CPU with the host clock.
-          Reported: median per-step tok/s with min/max, and the window's total tokens / total wall time. Several
+          Reported: median per-step tok/s with min/max, and the window's total tokens / total wall time, and
+          slow_steps: every timed step over SLOW_STEP_FACTOR x the median (index, seconds; printed as a warning). Several
           configs in one command run in one process on one device with identical inputs: the same seeds, T and
           batch give the same token windows (recorded as inputs_sha256; the command fails if the configs would
           see different windows).
@@ -357,8 +358,12 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed, profiler=None
     counters = torch._dynamo.utils.counters
     # a graph break splits the step into several compiled graphs (with CUDA graphs: several replays, host work between)
     breaks = {reason[:200]: n for reason, n in counters["graph_break"].items()}
+    # a timed step far above the median (a recompile, a CUDA-graph re-record, a host stall) is kept in the window
+    # rate and named, so a median that hides it is never the only number (an H200 run had one 1.5 s step in 50)
+    med = statistics.median(dts) if dts else 0.0
+    slow = [[i, d] for i, d in enumerate(dts) if d > SLOW_STEP_FACTOR * med]
     out = dict(T=T, batch_size=batch, grad_accum=accum, tokens_per_step=tokens, seed=seed, warmup=warmup,
-               steps=steps, step_s=dts, tok_s=[tokens / d for d in dts], window_wall_s=wall,
+               steps=steps, step_s=dts, slow_steps=slow, tok_s=[tokens / d for d in dts], window_wall_s=wall,
                window_tok_s=tokens * steps / wall, mem_peak_mb=mem, final_loss=last_loss,
                loss_finite=math.isfinite(last_loss), inputs_sha256=digest.hexdigest(),
                backends=backends_of(raw_model, cfg, device_type, ptdtype),
@@ -369,6 +374,9 @@ def measure_train(cfg, data, T, batch, accum, steps, warmup, seed, profiler=None
     if device_type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+SLOW_STEP_FACTOR = 5   # a timed step longer than this times the median is reported as a slow step
 
 
 def _mark(device_type):
@@ -406,6 +414,9 @@ def run_train(opts, labels, cfgs, datas):
                 print(f"[bench]   median {statistics.median(r['tok_s']):,.0f} tok/s, window "
                       f"{r['window_tok_s']:,.0f} tok/s, peak mem {r['mem_peak_mb']} MiB, compiled graphs "
                       f"{r['compiled_graphs']}, graph breaks {r['graph_breaks']}", flush=True)
+                for i, d in r["slow_steps"]:
+                    print(f"[bench]   warning: timed step {i} took {1000 * d:,.1f} ms, over {SLOW_STEP_FACTOR}x the "
+                          f"median step; the median excludes its effect, the window rate includes it", flush=True)
                 for reason, n in list(r["graph_break_reasons"].items())[:5]:
                     print(f"[bench]   graph break x{n}: {reason}", flush=True)
     rows = []
@@ -421,7 +432,8 @@ def run_train(opts, labels, cfgs, datas):
                              mem_peak_mb=max((r["mem_peak_mb"] or 0) for r in rs) if rs[0]["mem_peak_mb"] is not None else None,
                              backends=rs[0]["backends"], num_params=rs[0]["num_params"],
                              inputs_sha256=sorted({r["inputs_sha256"] for r in rs}),
-                             all_losses_finite=all(r["loss_finite"] for r in rs)))
+                             all_losses_finite=all(r["loss_finite"] for r in rs),
+                             slow_steps=sum(len(r["slow_steps"]) for r in rs)))
     return raw, dict(rows=rows, same_inputs=True), seeds
 
 

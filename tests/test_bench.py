@@ -92,6 +92,31 @@ def test_two_configs_same_inputs_and_provenance(tiny_data, tmp_path, monkeypatch
     assert sha[("quickstart", 16)] == sha[("gpt_8m", 16)] != sha[("gpt_8m", 32)]
 
 
+def test_a_slow_timed_step_is_named(tiny_data, monkeypatch):
+    """A timed step far above the median (the H200's 1.5 s first timed step) is listed in slow_steps, with its index,
+    and stays in the window rate; the fast steps are not listed. The clock jumps 1000 s inside timed step 1."""
+    calls, skew, clock = [], [0.0], time.perf_counter
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock() + skew[0])
+
+    def slow_build(args):
+        m = M.build_model(args)
+        fwd = m.forward
+
+        def forward(*a, **k):
+            calls.append(1)
+            if len(calls) == 4:   # warm-up 2 + timed step 1
+                skew[0] += 1000.0
+            return fwd(*a, **k)
+        m.forward = forward
+        return m
+    monkeypatch.setattr(bench, "build_model", slow_build)
+    cfg = bench.load_config(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}"])
+    data = bench.Data(tiny_data, "stdlib_char", "cpu")
+    r = bench.measure_train(cfg, data, T=16, batch=2, accum=1, steps=5, warmup=2, seed=0)
+    assert [i for i, _ in r["slow_steps"]] == [1] and r["slow_steps"][0][1] > 1000, r["slow_steps"]
+    assert r["window_wall_s"] > 1000   # the window rate keeps it
+
+
 def test_configs_with_different_inputs_are_refused(tiny_data):
     with pytest.raises(bench.BenchError, match="different inputs"):
         bench.main(["config/quickstart.py", "config/hybrid_tiny.py", *SMALL, f"--data_dir={tiny_data}",
