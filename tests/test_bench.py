@@ -92,9 +92,9 @@ def test_two_configs_same_inputs_and_provenance(tiny_data, tmp_path, monkeypatch
     assert sha[("quickstart", 16)] == sha[("gpt_8m", 16)] != sha[("gpt_8m", 32)]
 
 
-def test_a_slow_timed_step_is_named(tiny_data, monkeypatch):
-    """A timed step far above the median (the H200's 1.5 s first timed step) is listed in slow_steps, with its index,
-    and stays in the window rate; the fast steps are not listed. The clock jumps 1000 s inside timed step 1."""
+def _clock_jumps(monkeypatch, jump_calls):
+    """bench.time.perf_counter jumps 1000 s inside each forward call numbered in jump_calls (1-based): a stand-in
+    for a slow step on the clock bench.py reads. Returns (calls, skew) to inspect."""
     calls, skew, clock = [], [0.0], time.perf_counter
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock() + skew[0])
 
@@ -104,12 +104,19 @@ def test_a_slow_timed_step_is_named(tiny_data, monkeypatch):
 
         def forward(*a, **k):
             calls.append(1)
-            if len(calls) == 4:   # warm-up 2 + timed step 1
+            if len(calls) in jump_calls:
                 skew[0] += 1000.0
             return fwd(*a, **k)
         m.forward = forward
         return m
     monkeypatch.setattr(bench, "build_model", slow_build)
+    return calls, skew
+
+
+def test_a_slow_timed_step_is_named(tiny_data, monkeypatch):
+    """A timed step far above the median (the H200's 1.5 s first timed step) is listed in slow_steps, with its index,
+    and stays in the window rate; the fast steps are not listed. The clock jumps 1000 s inside timed step 1."""
+    _clock_jumps(monkeypatch, {4})   # warm-up 2 + timed step 1
     cfg = bench.load_config(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}"])
     data = bench.Data(tiny_data, "stdlib_char", "cpu")
     r = bench.measure_train(cfg, data, T=16, batch=2, accum=1, steps=5, warmup=2, seed=0)
@@ -129,21 +136,7 @@ def test_warmup_excluded_from_timed_window(tiny_data, monkeypatch):
     """Each of the first `warmup` steps costs an extra 1000 s (a stand-in for compilation) on the clock bench.py
     reads; none of it reaches the timed steps. (A jump of a patched clock, not a real sleep: on a loaded 2-core
     machine a real tiny step has been seen near 1 s, so any real sleep short enough for CI would be ambiguous.)"""
-    calls, skew, clock = [], [0.0], time.perf_counter
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock() + skew[0])
-
-    def slow_build(args):
-        m = M.build_model(args)
-        fwd = m.forward
-
-        def forward(*a, **k):
-            calls.append(1)
-            if len(calls) <= 2:
-                skew[0] += 1000.0
-            return fwd(*a, **k)
-        m.forward = forward
-        return m
-    monkeypatch.setattr(bench, "build_model", slow_build)
+    calls, skew = _clock_jumps(monkeypatch, {1, 2})
     cfg = bench.load_config(["config/quickstart.py", *SMALL, f"--data_dir={tiny_data}"])
     data = bench.Data(tiny_data, "stdlib_char", "cpu")
     r = bench.measure_train(cfg, data, T=16, batch=2, accum=1, steps=4, warmup=2, seed=0)
