@@ -192,6 +192,11 @@ def write_results(out_dir, name, what, device, seeds, configs, raw, summary, not
                cuda=prov.get("cuda"), versions=prov["versions"], seeds=list(seeds), configs=configs,
                notes=list(notes), created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                raw=raw, summary=summary)
+    return write_json(out_dir, name, doc)
+
+
+def write_json(out_dir, name, doc):
+    """OUT_DIR/<UTC date>_<name>.json, whole or not at all (a temp file, then os.replace); returns the path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}_{name}.json")
     tmp = path + ".tmp"

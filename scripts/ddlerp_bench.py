@@ -10,7 +10,6 @@ no gradient), (c) five plain matmuls on column slices. Each form is timed fwd+bw
 the weight) in bf16 autocast, eager and under torch.compile, CUDA-event medians; the top GPU kernels of one call
 are listed per form. Writes OUT/<UTC date>_ddlerp_lora_bench.json.
 """
-import json
 import os
 import statistics
 import sys
@@ -19,6 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import write_json  # noqa: E402
 from metrics import provenance  # noqa: E402
 from wkv6_bench import _time_ms  # noqa: E402
 
@@ -78,11 +78,7 @@ def main(argv):
     res = dict(what='ddlerp_lora_bench', shape=dict(rows=R, C=C, lora=L, mixes=5), reps=reps, dtype='bfloat16 autocast',
                seeds=[0], created_utc=time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime()), results=rows,
                **provenance(torch.device(dev)))
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, time.strftime('%Y-%m-%d', time.gmtime()) + '_ddlerp_lora_bench.json')
-    json.dump(res, open(path + '.tmp', 'w'), indent=1)
-    os.replace(path + '.tmp', path)
-    print('wrote', path)
+    print('wrote', write_json(out_dir, 'ddlerp_lora_bench', res))
 
 
 if __name__ == '__main__':

@@ -8,7 +8,6 @@ shape (default: gf_mh_8m at T=256, 64 rows: 4 chunks), fwd+bwd with gradients to
 ssd_chunked call under torch.compile as the hybrid runs it, CUDA-event medians. Writes
 OUT/<UTC date>_ssd_recurrence_bench.json.
 """
-import json
 import os
 import statistics
 import sys
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mamba2  # noqa: E402
+from bench import write_json  # noqa: E402
 from metrics import provenance  # noqa: E402
 from wkv6_bench import _host_ms, _time_ms  # noqa: E402
 
@@ -66,11 +66,7 @@ def main(argv):
                created_utc=time.strftime('%Y-%m-%dT%H:%M:%S+00:00', time.gmtime()), results=rows,
                ratio_loop_over_matmul=rows[0]['fwdbwd_median_ms'] / rows[1]['fwdbwd_median_ms'],
                **provenance(torch.device(dev)))
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, time.strftime('%Y-%m-%d', time.gmtime()) + '_ssd_recurrence_bench.json')
-    json.dump(res, open(path + '.tmp', 'w'), indent=1)
-    os.replace(path + '.tmp', path)
-    print('wrote', path)
+    print('wrote', write_json(out_dir, 'ssd_recurrence_bench', res))
 
 
 if __name__ == '__main__':

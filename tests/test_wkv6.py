@@ -315,16 +315,22 @@ def test_fused_autotune_is_keyed_by_grid_waves(monkeypatch):
     assert waves(4096, torch.device('cpu')) == 1
 
 
+def _ptxas_rows(args, kernels, key):
+    """scripts/wkv6_ptxas.py ARGS (compiled for sm_90, so without the interpreter): its rows whose kernel name is in
+    `kernels`, keyed by column `key` (0 = kernel, 1 = intra form) -> [regs, spill bytes, SASS, barriers]."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wkv6_ptxas.py"), *args],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return {ln.split()[key]: [int(x) for x in ln.split()[3:]] for ln in out.stdout.splitlines()
+            if ln.split() and ln.split()[0] in kernels}
+
+
 def test_ptxas_report_compiles_the_chunk_kernels_for_sm90():
     """scripts/wkv6_ptxas.py (the README's register / instruction counts) works without a GPU: the chunk-parallel
     forward of each intra form compiles for sm_90 without spills, and the levels form runs less code."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # the script compiles for sm_90
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wkv6_ptxas.py"), "--only=chunk_fwd"],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = {ln.split()[1]: [int(x) for x in ln.split()[3:]] for ln in out.stdout.splitlines()
-            if ln.startswith("chunk_fwd")}   # intra -> [regs, spill bytes, SASS, barriers]
-    assert set(rows) == {"columns", "levels"}, out.stdout
+    rows = _ptxas_rows(["--only=chunk_fwd"], ("chunk_fwd",), key=1)
+    assert set(rows) == {"columns", "levels"}, rows
     assert rows["columns"][1] == rows["levels"][1] == 0 and 0 < rows["columns"][0] <= 255, rows
     assert rows["levels"][2] < rows["columns"][2] and rows["levels"][3] < rows["columns"][3], rows
 
@@ -336,27 +342,17 @@ def test_chunk_backward_register_cap_holds_for_sm90():
     cfgs = _configs(OUT_BWD_CONFIGS)   # the autotuner's list (the interpreter's patch trims the live one)
     assert len(cfgs) == len(OUT_BWD_CONFIGS) and cfgs[0].maxnreg is None    # the first (tests, AUTOTUNE=0): uncapped
     assert sorted({c.maxnreg for c in cfgs if c.maxnreg}) == [128]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wkv6_ptxas.py"), "--only=chunk_bwd",
-                          "--maxnreg=128"], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = {ln.split()[1]: [int(x) for x in ln.split()[3:]] for ln in out.stdout.splitlines()
-            if ln.startswith("chunk_bwd")}   # intra -> [regs, spill bytes, SASS, barriers]
-    assert set(rows) == {"columns", "levels"} and all(0 < r[0] <= 128 for r in rows.values()), out.stdout
+    rows = _ptxas_rows(["--only=chunk_bwd", "--maxnreg=128"], ("chunk_bwd",), key=1)
+    assert set(rows) == {"columns", "levels"} and all(0 < r[0] <= 128 for r in rows.values()), rows
 
 
 def test_ptxas_compiles_the_state_scans_for_sm90():
     """The split schedule's state scans (wkv6_scan.py: grouped forward and backward, one pass, carry, fix-up) compile
     for sm_90 without spills: the CPU interpreter checks their arithmetic, this checks that the same source is also
     valid compiled Triton (loop bounds, constexpr branches, masks), which the interpreter does not."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     names = ["scan_fwd", "scan_bwd", "scan_1pass", "scan_carry", "scan_fix"]
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "wkv6_ptxas.py"), "--only=" + ",".join(names)],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = {ln.split()[0]: [int(x) for x in ln.split()[3:]] for ln in out.stdout.splitlines()
-            if ln.split() and ln.split()[0] in names}   # [regs, spill bytes, SASS, barriers]
-    assert set(rows) == set(names), out.stdout
+    rows = _ptxas_rows(["--only=" + ",".join(names)], names, key=0)
+    assert set(rows) == set(names), rows
     assert all(r[1] == 0 and 0 < r[0] <= 255 and r[2] > 0 for r in rows.values()), rows
 
 
